@@ -1,0 +1,40 @@
+# tera-proxy: every target installs what it needs itself.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+CONFIG  ?= config/default.toml
+
+.PHONY: venv run run-sim test test-fast lint check-config clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+## The proxy in front of its default pool (see README).
+run: venv
+	$(BIN)/tera-proxy serve --config $(CONFIG)
+
+## The proxy in front of simulator workers only (no vLLM needed).
+run-sim: venv
+	$(BIN)/tera-proxy serve --config config/sim.toml
+
+## The whole suite: unit, ASGI, end-to-end with the openai client.
+test: venv
+	$(BIN)/pytest -q -p no:cacheprovider
+
+test-fast: venv
+	$(BIN)/pytest -q -p no:cacheprovider -m 'not vllm'
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+check-config: venv
+	$(BIN)/tera-proxy check-config $(CONFIG)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
