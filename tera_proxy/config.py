@@ -144,7 +144,7 @@ def load_config(path: str | Path) -> Config:
 
 
 def parse_config(raw: dict[str, Any]) -> Config:
-    config = _build(Config, raw, "")
+    config: Config = _build(Config, raw, "")
     _check(config)
     return config
 

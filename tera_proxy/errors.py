@@ -103,6 +103,13 @@ class MethodNotAllowed(ProxyError):
     type = "invalid_request_error"
     code = "method_not_allowed"
 
+    def __init__(self, message: str, *, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        return [(b"allow", self.allow.encode())]
+
 
 class PayloadTooLarge(ProxyError):
     status = 413

@@ -1,0 +1,278 @@
+"""Composition root: routes, the per-request frame (request id, error boundary,
+disconnect watch) and the lifespan that starts and stops background services.
+
+The app is a raw ASGI callable. Routing is a dict lookup on the exact path (one
+prefix route for `/v1/models/{id}`, whose ids contain `/`): cheaper than a regex
+router on the hot path, and every miss answers in the same JSON error shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
+
+import orjson
+import structlog
+
+from tera_proxy.catalog import Catalog
+from tera_proxy.config import Config
+from tera_proxy.errors import (
+    EndpointNotFound,
+    MethodNotAllowed,
+    ModelNotFound,
+    PayloadTooLarge,
+    ProxyError,
+    ServerError,
+)
+from tera_proxy.pool import Pool
+from tera_proxy.proxy import JSON_HEADERS, Exchange, Proxy, Receive, Send, start_response
+from tera_proxy.sse import DONE_FRAME, data_frame
+from tera_proxy.upstream import Upstream
+
+log = structlog.get_logger("tera_proxy")
+
+Scope = dict[str, Any]
+Handler = Callable[[Exchange, Scope, Receive], Awaitable[None]]
+
+REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+NOT_OFFERED = (
+    "/v1/moderations",
+    "/v1/embeddings",
+    "/v1/images",
+    "/v1/fine_tuning",
+    "/v1/fine-tunes",
+    "/v1/files",
+    "/v1/batches",
+    "/v1/assistants",
+    "/v1/threads",
+    "/v1/vector_stores",
+    "/v1/responses",
+    "/v1/realtime",
+    "/v1/audio/transcriptions",
+    "/v1/audio/translations",
+)
+OFFERED = "/v1/chat/completions, /v1/completions, /v1/models and /v1/audio/speech"
+
+
+class Service(Protocol):
+    """A background service the lifespan starts before serving and stops after."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+class ClientGone(Exception):
+    """The client disconnected."""
+
+
+class App:
+    def __init__(self, config: Config, services: Sequence[Service] = ()) -> None:
+        self.config = config
+        self.catalog = Catalog(config.models)
+        self.pool = Pool(config)
+        self.upstream = Upstream(config.upstream)
+        self.proxy = Proxy(config, self.catalog, self.pool, self.upstream)
+        self.services = list(services)
+        self._routes: dict[str, dict[str, Handler]] = {
+            "/v1/chat/completions": {"POST": self._chat},
+            "/v1/completions": {"POST": self._completion},
+            "/v1/audio/speech": {"POST": self._speech},
+            "/v1/models": {"GET": self._models},
+            "/health": {"GET": self._health},
+            "/ready": {"GET": self._ready},
+        }
+        self._model_route: dict[str, Handler] = {"GET": self._model}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    # -- the per-request frame -------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ex = Exchange(request_id(scope), os.urandom(8).hex(), send)
+        try:
+            handler = self._route(scope["method"], scope["path"])
+            await handler(ex, scope, receive)
+        except ProxyError as error:
+            await send_error(ex, error)
+        except ClientGone:
+            ex.client_gone = True
+        except Exception:
+            log.exception("unhandled error", request_id=ex.request_id)
+            await send_error(ex, ServerError("The gateway failed to handle this request."))
+
+    def _route(self, method: str, path: str) -> Handler:
+        methods = self._routes.get(path)
+        if methods is None and path.startswith("/v1/models/") and len(path) > 11:
+            methods = self._model_route
+        if methods is None:
+            raise _not_found(path)
+        handler = methods.get("GET" if method == "HEAD" else method)
+        if handler is None:
+            allow = ", ".join(methods)
+            raise MethodNotAllowed(f"{method} is not allowed on {path}; use {allow}.", allow=allow)
+        return handler
+
+    # -- generation ---------------------------------------------------------------------
+
+    async def _chat(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        await self._generate(ex, receive, "chat")
+
+    async def _completion(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        await self._generate(ex, receive, "completion")
+
+    async def _speech(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        await self._generate(ex, receive, "speech")
+
+    async def _generate(self, ex: Exchange, receive: Receive, kind: str) -> None:
+        raw = await read_request(receive, self.config.server.max_body_bytes)
+        out = self.proxy.prepare(kind, raw)
+        await until_disconnect(ex, receive, self.proxy.forward(ex, out))
+
+    # -- catalog and probes -------------------------------------------------------------
+
+    async def _models(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        await send_json(ex, 200, self.catalog.list_body)
+
+    async def _model(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        model_id = scope["path"][len("/v1/models/") :]
+        body = self.catalog.body(model_id)
+        if body is None:
+            raise ModelNotFound(model_id)
+        await send_json(ex, 200, body)
+
+    async def _health(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        await send_json(ex, 200, b'{"status":"ok"}')
+
+    async def _ready(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        models = {m.id: self.pool.can_serve(m.id) for m in self.catalog}
+        replicas = {r.name: r.state.value for r in self.pool.replicas.values()}
+        ready = all(models.values())
+        body = {"status": "ready" if ready else "not_ready", "models": models, "replicas": replicas}
+        await send_json(ex, 200 if ready else 503, orjson.dumps(body))
+
+    # -- lifespan -----------------------------------------------------------------------
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        await self.upstream.start()
+        for service in self.services:
+            await service.start()
+
+    async def shutdown(self) -> None:
+        for service in reversed(self.services):
+            try:
+                await service.stop()
+            except Exception:
+                log.exception("service failed to stop", service=type(service).__name__)
+        await self.upstream.close()
+
+
+def create_app(config: Config, services: Sequence[Service] = ()) -> App:
+    return App(config, services)
+
+
+# -- helpers shared by the handlers ---------------------------------------------------
+
+
+def request_id(scope: Scope) -> str:
+    """The client's X-Request-ID when it is sane (length, charset), else a new one."""
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if REQUEST_ID_RE.match(value):
+                return bytes(value).decode()
+            break
+    return "req_" + os.urandom(12).hex()
+
+
+async def read_request(receive: Receive, limit: int) -> bytes:
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        body = message.get("body", b"")
+        size += len(body)
+        if size > limit:
+            raise PayloadTooLarge(f"The request body is larger than {limit} bytes.")
+        parts.append(body)
+        if not message.get("more_body"):
+            return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def until_disconnect(ex: Exchange, receive: Receive, work: Awaitable[None]) -> None:
+    """Run `work`; if the client disconnects first, cancel it (closing the upstream)."""
+    task = asyncio.current_task()
+    assert task is not None
+    watcher = asyncio.ensure_future(_watch(ex, receive, task))
+    try:
+        await work
+    except asyncio.CancelledError:
+        if not ex.client_gone or task.uncancel() > 0:
+            raise
+    finally:
+        watcher.cancel()
+
+
+async def _watch(ex: Exchange, receive: Receive, task: asyncio.Task[Any]) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            ex.client_gone = True
+            task.cancel()
+            return
+
+
+async def send_json(ex: Exchange, status: int, body: bytes) -> None:
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode())]
+    await start_response(ex, status, headers)
+    await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def send_error(ex: Exchange, error: ProxyError) -> None:
+    if ex.client_gone:
+        return
+    if ex.response_started:
+        if not ex.sse:
+            raise RuntimeError("a non-SSE response broke after it started") from error
+        # Headers are gone: the only place left for the error is the stream itself.
+        body = data_frame(error.body()) + DONE_FRAME
+        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+        return
+    body = error.body()
+    headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *error.headers()]
+    await start_response(ex, error.status, headers)
+    await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _not_found(path: str) -> ProxyError:
+    for prefix in NOT_OFFERED:
+        if path == prefix or path.startswith(prefix + "/"):
+            return EndpointNotFound(f"`{prefix}` is not offered by this API. It serves {OFFERED}.")
+    return EndpointNotFound(f"Unknown endpoint `{path}`. This API serves {OFFERED}.")
+
+

@@ -1,0 +1,347 @@
+"""The hot path: a generation request from parsed body to the last byte sent.
+
+Decide, then act: the body is parsed and validated once, the replica is chosen by the
+pool, and the response is forwarded. While nothing has reached the client, a failed
+attempt (refused, reset, timeout, 5xx, an error frame before the first token) is
+retried on another replica; once the response has started, a failure becomes a final
+SSE error frame and `data: [DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from tera_proxy import sse, validate
+from tera_proxy.catalog import Catalog
+from tera_proxy.config import Config, ModelConfig
+from tera_proxy.errors import (
+    InvalidRequest,
+    ModelNotFound,
+    ProxyError,
+    ServerError,
+    ServiceUnavailable,
+    from_upstream,
+    stream_error_payload,
+)
+from tera_proxy.pool import Pool, Replica
+from tera_proxy.upstream import (
+    MAX_ERROR_BODY,
+    ConnectFailed,
+    Upstream,
+    UpstreamError,
+    chunks,
+    read_body,
+)
+
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+
+JSON_HEADERS = [(b"content-type", b"application/json")]
+SSE_HEADERS = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+ERROR_FRAME_PREFIX = b'data: {"error"'
+DONE_PREFIX = b"data: [DONE]"
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One client request as it moves through the proxy."""
+
+    request_id: str
+    upstream_id: str
+    send: Send
+    started: float = field(default_factory=time.monotonic)
+    attempts: int = 0
+    response_started: bool = False
+    sse: bool = False
+    client_gone: bool = False
+    replica: str = ""
+    status: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """What is sent to a replica: built once, tried on as many replicas as needed."""
+
+    model: ModelConfig
+    path: str
+    body: bytes
+    stream: bool
+    # Relay the body as it arrives without looking at it (audio).
+    raw: bool = False
+
+
+class Proxy:
+    def __init__(self, config: Config, catalog: Catalog, pool: Pool, upstream: Upstream) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.pool = pool
+        self.upstream = upstream
+
+    def prepare(self, kind: str, raw: bytes) -> Outgoing:
+        body = parse_json(raw)
+        model = self.resolve(body)
+        if kind == "chat":
+            validate.check_chat(body, model)
+        elif kind == "completion":
+            validate.check_completion(body, model)
+        else:
+            validate.check_speech(body)
+        stream = bool(body.get("stream"))
+        if kind != "speech":
+            _default_max_tokens(body, model, kind)
+        body["model"] = model.upstream_name
+        passthrough = kind == "speech"
+        return Outgoing(model, UPSTREAM_PATHS[kind], orjson.dumps(body), stream, passthrough)
+
+    def resolve(self, body: dict[str, Any]) -> ModelConfig:
+        name = body.get("model")
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(
+                "Missing required parameter: 'model'. GET /v1/models lists the models.",
+                param="model",
+                code="missing_required_parameter",
+            )
+        model = self.catalog.get(name)
+        if model is None:
+            raise ModelNotFound(name)
+        return model
+
+    async def forward(self, ex: Exchange, out: Outgoing) -> None:
+        """Try replicas until one answers; then relay its answer to the client."""
+        tried: set[str] = set()
+        deadline = ex.started + self.config.upstream.retry_deadline
+        last: ProxyError | None = None
+        while True:
+            replica = self._next_replica(out.model, tried, last)
+            tried.add(replica.name)
+            ex.attempts += 1
+            ex.replica = replica.name
+            try:
+                await self._attempt(ex, out, replica)
+                return
+            except _Retryable as retry:
+                last = retry.error
+                if not self._may_retry(ex, deadline):
+                    raise retry.error from None
+                await asyncio.sleep(self._backoff(ex.attempts))
+
+    def _next_replica(
+        self, model: ModelConfig, tried: set[str], last: ProxyError | None
+    ) -> Replica:
+        try:
+            return self.pool.acquire(model, exclude=frozenset(tried))
+        except ServiceUnavailable:
+            if last is not None:
+                raise last from None
+            raise
+
+    def _may_retry(self, ex: Exchange, deadline: float) -> bool:
+        return ex.attempts < self.config.upstream.max_attempts and time.monotonic() < deadline
+
+    def _backoff(self, attempt: int) -> float:
+        base = self.config.upstream.retry_backoff * (2 ** (attempt - 1))
+        return random.uniform(0, base)
+
+    async def _attempt(self, ex: Exchange, out: Outgoing, replica: Replica) -> None:
+        failed = True
+        resp: aiohttp.ClientResponse | None = None
+        try:
+            upstream_id = f"{ex.upstream_id}-{ex.attempts}"
+            try:
+                resp = await self.upstream.post(replica, out.path, out.body, upstream_id)
+            except UpstreamError as exc:
+                raise _Retryable(_unavailable(exc)) from exc
+            if resp.status != 200:
+                await self._upstream_error(resp)
+            if out.raw:
+                await self._relay_raw(ex, resp)
+            elif out.stream and _is_sse(resp):
+                await self._relay_stream(ex, resp)
+            else:
+                await self._relay_body(ex, resp)
+            failed = False
+        finally:
+            if resp is not None:
+                if failed or ex.client_gone:
+                    resp.close()
+                else:
+                    resp.release()
+            self.pool.release(replica, failed=failed and not ex.client_gone)
+
+    async def _upstream_error(self, resp: aiohttp.ClientResponse) -> None:
+        try:
+            body = await read_body(resp, MAX_ERROR_BODY)
+        except UpstreamError as exc:
+            raise _Retryable(_unavailable(exc)) from exc
+        error = from_upstream(resp.status, body)
+        if resp.status >= 500:
+            raise _Retryable(error)
+        raise error
+
+    async def _relay_body(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
+        try:
+            body = await read_body(resp)
+        except UpstreamError as exc:
+            raise _Retryable(_unavailable(exc)) from exc
+        content_type = resp.headers.get("Content-Type", "application/json").encode()
+        headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+        await start_response(ex, 200, headers)
+        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _relay_raw(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
+        """Binary bodies (speech) pass through unchanged, piece by piece."""
+        content_type = resp.headers.get("Content-Type", "application/octet-stream").encode()
+        body = chunks(resp)
+        try:
+            async for data in body:
+                if not ex.response_started:
+                    await start_response(ex, 200, [(b"content-type", content_type)])
+                await ex.send({"type": "http.response.body", "body": data, "more_body": True})
+        except UpstreamError as exc:
+            if not ex.response_started:
+                raise _Retryable(_unavailable(exc)) from exc
+            raise  # a cut binary body cannot carry an error; the connection is dropped
+        finally:
+            await body.aclose()
+        if not ex.response_started:
+            await start_response(ex, 200, [(b"content-type", content_type)])
+        await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _relay_stream(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
+        """Forward whole SSE frames as they arrive, byte for byte."""
+        splitter = sse.FrameSplitter()
+        body = chunks(resp)
+        try:
+            done = await self._relay_frames(ex, splitter, body)
+        except UpstreamError as exc:
+            if not ex.response_started:
+                raise _Retryable(_unavailable(exc)) from exc
+            done = False
+        finally:
+            await body.aclose()
+        if not done:
+            if not ex.response_started:
+                raise _Retryable(ServerError("The replica closed the stream before any token."))
+            error = ServerError(
+                "The upstream replica failed while streaming; the response is incomplete.",
+                code="upstream_stream_interrupted",
+            )
+            await self._end_stream_with_error(ex, error)
+
+    async def _relay_frames(
+        self, ex: Exchange, splitter: sse.FrameSplitter, body: Any
+    ) -> bool:
+        async for data in body:
+            frames = splitter.feed(data)
+            if not frames:
+                continue
+            for i, frame in enumerate(frames):
+                if frame.startswith(ERROR_FRAME_PREFIX):
+                    await self._stream_error_frame(ex, frames[:i], frame)
+                    return True
+                if frame.startswith(DONE_PREFIX):
+                    await self._send_frames(ex, frames[: i + 1], more=False)
+                    return True
+            await self._send_frames(ex, frames, more=True)
+        return False
+
+    async def _send_frames(self, ex: Exchange, frames: list[bytes], *, more: bool) -> None:
+        if not ex.response_started:
+            await start_sse(ex)
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        await ex.send({"type": "http.response.body", "body": data, "more_body": more})
+
+    async def _stream_error_frame(self, ex: Exchange, before: list[bytes], frame: bytes) -> None:
+        """vLLM's own in-stream error: our shape, or a retry if nothing was sent yet."""
+        payload = sse.payload(frame) or b"{}"
+        try:
+            error = stream_error_payload(orjson.loads(payload).get("error"))
+        except (orjson.JSONDecodeError, AttributeError):
+            error = ServerError("The upstream replica failed while streaming.")
+        if not ex.response_started and not before:
+            if error.status >= 500:
+                raise _Retryable(error)
+            raise error
+        if before:
+            await self._send_frames(ex, before, more=True)
+        await self._end_stream_with_error(ex, error)
+
+    async def _end_stream_with_error(self, ex: Exchange, error: ProxyError) -> None:
+        if not ex.response_started:
+            await start_sse(ex)
+        ex.status = error.status
+        body = sse.data_frame(error.body()) + sse.DONE_FRAME
+        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+class _Retryable(Exception):
+    """An attempt failed before anything reached the client; `error` if it is the last."""
+
+    def __init__(self, error: ProxyError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+UPSTREAM_PATHS = {
+    "chat": "/v1/chat/completions",
+    "completion": "/v1/completions",
+    "speech": "/v1/audio/speech",
+}
+
+
+async def start_response(ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
+    ex.response_started = True
+    ex.status = status
+    await ex.send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [*headers, (b"x-tera-request-id", ex.request_id.encode())],
+        }
+    )
+
+
+async def start_sse(ex: Exchange) -> None:
+    ex.sse = True
+    await start_response(ex, 200, SSE_HEADERS)
+
+
+def parse_json(raw: bytes) -> dict[str, Any]:
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc.msg} (at byte {exc.pos}).",
+            code="invalid_json",
+        ) from None
+    if not isinstance(body, dict):
+        raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def _default_max_tokens(body: dict[str, Any], model: ModelConfig, kind: str) -> None:
+    """Never let a replica generate to the end of the context: cap at max output."""
+    if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
+        body["max_tokens"] = model.max_output_tokens
+
+
+def _is_sse(resp: aiohttp.ClientResponse) -> bool:
+    return resp.headers.get("Content-Type", "").startswith("text/event-stream")
+
+
+def _unavailable(exc: UpstreamError) -> ProxyError:
+    if isinstance(exc, ConnectFailed):
+        return ServiceUnavailable("No replica could be reached for this request. Retry shortly.")
+    return ServerError(f"The upstream replica failed: {exc}.")
