@@ -1,0 +1,30 @@
+"""Shutting the proxy down lets in-flight requests finish."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from backends.sim import SimConfig, SimServer
+from tera_proxy.app import create_app
+from tests.e2e.conftest import MODEL, QWEN, proxy_config
+from tests.helpers import serve_app
+
+
+async def test_in_flight_stream_completes_during_shutdown() -> None:
+    """A stream running when shutdown starts still ends with [DONE]."""
+    cfg = SimConfig(models=(MODEL, QWEN), api_key="replica-secret", token_delay=0.02)
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 40, "stream": True}
+    async with SimServer(cfg, port=0) as sim, aiohttp.ClientSession() as s:
+        server = serve_app(create_app(proxy_config([sim.url])), graceful_timeout=10)
+        url = await server.__aenter__()
+        resp = await s.post(f"{url}/v1/chat/completions", json=body)
+        first = await resp.content.readany()
+        closing = asyncio.ensure_future(server.__aexit__(None, None, None))
+        rest = await asyncio.wait_for(resp.read(), 10)
+        await closing
+    assert first.startswith(b"data: ")
+    assert (first + rest).endswith(b"data: [DONE]\n\n")
+    assert sim.stats.completed_total == 1 and sim.stats.aborted_total == 0
