@@ -14,6 +14,7 @@ import re
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
+import aiohttp
 import orjson
 import structlog
 
@@ -27,6 +28,7 @@ from tera_proxy.errors import (
     ProxyError,
     ServerError,
 )
+from tera_proxy.health import HealthProber
 from tera_proxy.pool import Pool
 from tera_proxy.proxy import JSON_HEADERS, Exchange, Proxy, Receive, Send, start_response
 from tera_proxy.sse import DONE_FRAME, data_frame
@@ -73,10 +75,11 @@ class App:
     def __init__(self, config: Config, services: Sequence[Service] = ()) -> None:
         self.config = config
         self.catalog = Catalog(config.models)
-        self.pool = Pool(config)
+        self.pool = Pool(config, epsilon=config.health.affinity_epsilon)
         self.upstream = Upstream(config.upstream)
         self.proxy = Proxy(config, self.catalog, self.pool, self.upstream)
         self.services = list(services)
+        self._probe_session: aiohttp.ClientSession | None = None
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completion},
@@ -155,7 +158,7 @@ class App:
     async def _ready(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
         models = {m.id: self.pool.can_serve(m.id) for m in self.catalog}
         replicas = {r.name: r.state.value for r in self.pool.replicas.values()}
-        ready = all(models.values())
+        ready = self.ready()
         body = {"status": "ready" if ready else "not_ready", "models": models, "replicas": replicas}
         await send_json(ex, 200 if ready else 503, orjson.dumps(body))
 
@@ -179,6 +182,12 @@ class App:
 
     async def startup(self) -> None:
         await self.upstream.start()
+        if self.config.health.enabled:
+            # Its own small session: probes must not queue behind client traffic.
+            self._probe_session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=4 * max(1, len(self.pool.replicas)))
+            )
+            self.services.append(HealthProber(self.pool, self.config, self._probe_session))
         for service in self.services:
             await service.start()
 
@@ -188,7 +197,12 @@ class App:
                 await service.stop()
             except Exception:
                 log.exception("service failed to stop", service=type(service).__name__)
+        if self._probe_session is not None:
+            await self._probe_session.close()
         await self.upstream.close()
+
+    def ready(self) -> bool:
+        return all(self.pool.can_serve(m.id) for m in self.catalog)
 
 
 def create_app(config: Config, services: Sequence[Service] = ()) -> App:

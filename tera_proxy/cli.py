@@ -6,12 +6,15 @@ import argparse
 import asyncio
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from tera_proxy import logs
 from tera_proxy.app import App, Service, create_app
 from tera_proxy.config import Config, ConfigError, load_config
+from tera_proxy.health import describe_change
+from tera_proxy.pool import Replica, ReplicaState
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,6 +58,13 @@ def run_serve(args: argparse.Namespace) -> int:
     state_dir = (Path(args.config).parent / config.state_dir).resolve()
     app = create_app(config)
     app.services.extend(services_for(config, app, state_dir))
+    started = time.monotonic()
+
+    def show(replica: Replica, old: ReplicaState, new: ReplicaState) -> None:
+        line = f"[{time.monotonic() - started:6.1f}s] {describe_change(replica, old, new)}"
+        print(line, file=sys.stderr, flush=True)
+
+    app.pool.on_change = show
     try:
         import uvloop
 

@@ -52,6 +52,8 @@ class UpstreamConfig:
 
 @dataclass(frozen=True, slots=True)
 class HealthConfig:
+    # Off: replicas are READY from the start and only passive failures eject them.
+    enabled: bool = True
     interval: float = 2 * SECONDS
     jitter: float = 0.2
     timeout: float = 2 * SECONDS
@@ -60,6 +62,8 @@ class HealthConfig:
     # Consecutive upstream failures before a replica is ejected.
     failure_threshold: int = 3
     eject_for: float = 5 * SECONDS
+    # Prefix affinity spills a key to its next replica above (1 + epsilon) * mean load.
+    affinity_epsilon: float = 0.25
 
 
 @dataclass(frozen=True, slots=True)

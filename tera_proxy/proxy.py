@@ -32,6 +32,7 @@ from tera_proxy.errors import (
     stream_error_payload,
 )
 from tera_proxy.pool import Pool, Replica
+from tera_proxy.routing import affinity_key
 from tera_proxy.upstream import (
     MAX_ERROR_BODY,
     ConnectFailed,
@@ -50,6 +51,7 @@ SSE_HEADERS = [
     (b"cache-control", b"no-cache"),
     (b"x-accel-buffering", b"no"),
 ]
+DRAIN_TIMEOUT = 1.0
 ERROR_FRAME_PREFIX = b'data: {"error"'
 DONE_PREFIX = b"data: [DONE]"
 
@@ -66,7 +68,9 @@ class Exchange:
     response_started: bool = False
     sse: bool = False
     client_gone: bool = False
-    replica: str = ""
+    replica: Replica | None = None
+    # The current attempt's replica broke after the response started.
+    broken: bool = False
     status: int = 0
 
 
@@ -80,6 +84,8 @@ class Outgoing:
     stream: bool
     # Relay the body as it arrives without looking at it (audio).
     raw: bool = False
+    # Prefix-cache routing key (see routing.affinity_key).
+    affinity: bytes | None = None
 
 
 class Proxy:
@@ -103,7 +109,9 @@ class Proxy:
             _default_max_tokens(body, model, kind)
         body["model"] = model.upstream_name
         passthrough = kind == "speech"
-        return Outgoing(model, UPSTREAM_PATHS[kind], orjson.dumps(body), stream, passthrough)
+        affinity = None if passthrough else affinity_key(body)
+        upstream_body = orjson.dumps(body)
+        return Outgoing(model, UPSTREAM_PATHS[kind], upstream_body, stream, passthrough, affinity)
 
     def resolve(self, body: dict[str, Any]) -> ModelConfig:
         name = body.get("model")
@@ -124,10 +132,9 @@ class Proxy:
         deadline = ex.started + self.config.upstream.retry_deadline
         last: ProxyError | None = None
         while True:
-            replica = self._next_replica(out.model, tried, last)
+            replica = self._next_replica(out, tried, last)
             tried.add(replica.name)
             ex.attempts += 1
-            ex.replica = replica.name
             try:
                 await self._attempt(ex, out, replica)
                 return
@@ -137,11 +144,9 @@ class Proxy:
                     raise retry.error from None
                 await asyncio.sleep(self._backoff(ex.attempts))
 
-    def _next_replica(
-        self, model: ModelConfig, tried: set[str], last: ProxyError | None
-    ) -> Replica:
+    def _next_replica(self, out: Outgoing, tried: set[str], last: ProxyError | None) -> Replica:
         try:
-            return self.pool.acquire(model, exclude=frozenset(tried))
+            return self.pool.acquire(out.model, exclude=frozenset(tried), affinity=out.affinity)
         except ServiceUnavailable:
             if last is not None:
                 raise last from None
@@ -155,14 +160,13 @@ class Proxy:
         return random.uniform(0, base)
 
     async def _attempt(self, ex: Exchange, out: Outgoing, replica: Replica) -> None:
-        failed = True
+        """One replica, one try. Only the replica's own faults count against its health:
+        refused, reset, timeouts, 5xx, a broken stream; not a 4xx, not a client leaving."""
+        ex.replica, ex.broken = replica, False
         resp: aiohttp.ClientResponse | None = None
+        failed = True
         try:
-            upstream_id = f"{ex.upstream_id}-{ex.attempts}"
-            try:
-                resp = await self.upstream.post(replica, out.path, out.body, upstream_id)
-            except UpstreamError as exc:
-                raise _Retryable(_unavailable(exc)) from exc
+            resp = await self._post(ex, out, replica)
             if resp.status != 200:
                 await self._upstream_error(resp)
             if out.raw:
@@ -171,14 +175,21 @@ class Proxy:
                 await self._relay_stream(ex, resp)
             else:
                 await self._relay_body(ex, resp)
-            failed = False
+            failed = ex.broken
+        except ProxyError:
+            failed = False  # the replica answered properly: the request was at fault
+            raise
         finally:
             if resp is not None:
-                if failed or ex.client_gone:
-                    resp.close()
-                else:
-                    resp.release()
+                await _finish(resp, reuse=not (failed or ex.client_gone))
             self.pool.release(replica, failed=failed and not ex.client_gone)
+
+    async def _post(self, ex: Exchange, out: Outgoing, replica: Replica) -> aiohttp.ClientResponse:
+        upstream_id = f"{ex.upstream_id}-{ex.attempts}"
+        try:
+            return await self.upstream.post(replica, out.path, out.body, upstream_id)
+        except UpstreamError as exc:
+            raise _Retryable(_unavailable(exc)) from exc
 
     async def _upstream_error(self, resp: aiohttp.ClientResponse) -> None:
         try:
@@ -212,6 +223,7 @@ class Proxy:
         except UpstreamError as exc:
             if not ex.response_started:
                 raise _Retryable(_unavailable(exc)) from exc
+            ex.broken = True
             raise  # a cut binary body cannot carry an error; the connection is dropped
         finally:
             await body.aclose()
@@ -234,6 +246,7 @@ class Proxy:
         if not done:
             if not ex.response_started:
                 raise _Retryable(ServerError("The replica closed the stream before any token."))
+            ex.broken = True
             error = ServerError(
                 "The upstream replica failed while streaming; the response is incomplete.",
                 code="upstream_stream_interrupted",
@@ -243,7 +256,10 @@ class Proxy:
     async def _relay_frames(
         self, ex: Exchange, splitter: sse.FrameSplitter, body: Any
     ) -> bool:
+        pool, replica = self.pool, ex.replica
         async for data in body:
+            if replica is not None:
+                pool.note_progress(replica)
             frames = splitter.feed(data)
             if not frames:
                 continue
@@ -335,6 +351,22 @@ def _default_max_tokens(body: dict[str, Any], model: ModelConfig, kind: str) -> 
     """Never let a replica generate to the end of the context: cap at max output."""
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = model.max_output_tokens
+
+
+async def _finish(resp: aiohttp.ClientResponse, *, reuse: bool) -> None:
+    """Give the connection back for reuse, or close it (which makes vLLM abort)."""
+    if not reuse:
+        resp.close()
+        return
+    if not resp.content.is_eof():
+        # After [DONE] only the chunked terminator is left; wait briefly so the
+        # keep-alive connection can be reused instead of reopened.
+        try:
+            await asyncio.wait_for(resp.content.read(), DRAIN_TIMEOUT)
+        except (TimeoutError, aiohttp.ClientError):
+            resp.close()
+            return
+    resp.release()
 
 
 def _is_sse(resp: aiohttp.ClientResponse) -> bool:

@@ -11,6 +11,8 @@ from typing import Any
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+from tera_proxy.app import App
+
 ASGIApp = Callable[..., Awaitable[None]]
 
 
@@ -90,3 +92,10 @@ async def asgi_call(
     start = sent[0]
     out = b"".join(m.get("body", b"") for m in sent[1:])
     return start["status"], dict(start["headers"]), out
+
+
+async def wait_ready(app: App, within: float = 10.0) -> None:
+    """Wait until the app's prober made every model servable."""
+    async with asyncio.timeout(within):
+        while not app.ready():  # noqa: ASYNC110 - the pool has no event to await
+            await asyncio.sleep(0.01)

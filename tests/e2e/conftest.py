@@ -14,7 +14,7 @@ import pytest
 from backends.sim import SimConfig, SimServer
 from tera_proxy.app import App, create_app
 from tera_proxy.config import parse_config
-from tests.helpers import serve_app
+from tests.helpers import serve_app, wait_ready
 
 MODEL = "openai/gpt-oss-20b"
 QWEN = "Qwen/Qwen3-8B"
@@ -40,6 +40,7 @@ def proxy_config(urls: list[str], **upstream: Any) -> Any:
     return parse_config(
         {
             "upstream": {"connect_timeout": 1.0, "read_timeout": 5.0, **upstream},
+            "health": {"interval": 0.2, "timeout": 1.0},
             "replicas": [
                 {"name": n, "url": u, "api_key": "replica-secret"}
                 for n, u in zip(names, urls, strict=True)
@@ -59,6 +60,7 @@ async def start_stack(
             sims.append(await stack.enter_async_context(SimServer(cfg, port=0)))
         app = create_app(proxy_config([s.url for s in sims], **upstream))
         url = await stack.enter_async_context(serve_app(app))
+        await wait_ready(app)
         client = openai.AsyncOpenAI(
             base_url=f"{url}/v1", api_key="sk-tera-client-secret", max_retries=0, timeout=10
         )

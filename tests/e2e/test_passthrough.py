@@ -71,6 +71,7 @@ async def upstream() -> AsyncIterator[tuple[str, Scripted]]:
 def config_for(url: str):  # type: ignore[no-untyped-def]
     return parse_config(
         {
+            "health": {"enabled": False},
             "replicas": [{"name": "u", "url": url}],
             "models": [
                 {
