@@ -54,6 +54,9 @@ __all__ = [
 # proxy's counter is believed to have drifted (lost decrements) and is corrected.
 DRIFT_SCRAPES = 3
 RETRY_AFTER_MIN, RETRY_AFTER_MAX = 1.0, 30.0
+# Passive failures (5xx seen by the proxy) never eject more than this share of replicas;
+# probes that find a replica dead are not limited.
+MAX_EJECTED_FRACTION = 0.5
 RETRY_AFTER_UNKNOWN = 5.0  # nothing observed yet to estimate from
 
 
@@ -250,8 +253,14 @@ class Pool:
             replica.last_progress = now
             return
         replica.passive_failures += 1
-        if replica.passive_failures >= self._health.failure_threshold:
+        if replica.passive_failures >= self._health.failure_threshold and self._may_eject():
             self._apply(replica, Event.EJECT, now)
+
+    def _may_eject(self) -> bool:
+        """Passive ejection stops at half the pool: when every replica answers some 5xx,
+        ejecting them all would turn retryable errors into 503s for everyone."""
+        ejected = sum(r.state is ReplicaState.UNHEALTHY for r in self.replicas.values())
+        return ejected + 1 <= max(1, int(len(self.replicas) * MAX_EJECTED_FRACTION))
 
     def note_progress(self, replica: Replica) -> None:
         """The proxy saw bytes from the replica: it is busy, not dead."""

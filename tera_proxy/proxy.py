@@ -128,12 +128,12 @@ class Proxy:
 
     async def forward(self, ex: Exchange, out: Outgoing) -> None:
         """Try replicas until one answers; then relay its answer to the client."""
-        tried: set[str] = set()
+        tried: list[str] = []
         deadline = ex.started + self.config.upstream.retry_deadline
         last: ProxyError | None = None
         while True:
             replica = self._next_replica(out, tried, last)
-            tried.add(replica.name)
+            tried.append(replica.name)
             ex.attempts += 1
             try:
                 await self._attempt(ex, out, replica)
@@ -144,13 +144,20 @@ class Proxy:
                     raise retry.error from None
                 await asyncio.sleep(self._backoff(ex.attempts))
 
-    def _next_replica(self, out: Outgoing, tried: set[str], last: ProxyError | None) -> Replica:
+    def _next_replica(self, out: Outgoing, tried: list[str], last: ProxyError | None) -> Replica:
+        """A replica this request has not tried; once all were tried, any but the last
+        one that failed (a lone replica is tried again: the attempt bound still holds)."""
+        acquire = self.pool.acquire
         try:
-            return self.pool.acquire(out.model, exclude=frozenset(tried), affinity=out.affinity)
+            return acquire(out.model, exclude=frozenset(tried), affinity=out.affinity)
         except ServiceUnavailable:
-            if last is not None:
-                raise last from None
-            raise
+            if last is None:
+                raise
+        again = frozenset(tried[-1:]) if len(self.pool.serving(out.model.id)) > 1 else frozenset()
+        try:
+            return acquire(out.model, exclude=again, affinity=out.affinity)
+        except ServiceUnavailable:
+            raise last from None
 
     def _may_retry(self, ex: Exchange, deadline: float) -> bool:
         return ex.attempts < self.config.upstream.max_attempts and time.monotonic() < deadline

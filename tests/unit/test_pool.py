@@ -216,6 +216,17 @@ def test_consecutive_failures_eject() -> None:
     assert replica.state is S.UNHEALTHY
 
 
+def test_passive_ejection_stops_at_half_the_pool() -> None:
+    """When every replica fails, passive ejection takes out at most half of them."""
+    pool, _, _ = make_pool(("a", "b", "c", "d"), failure_threshold=1)
+    for replica in pool.replicas.values():
+        replica.inflight += 1
+        pool.release(replica, failed=True)
+    states = [r.state for r in pool.replicas.values()]
+    assert states.count(S.UNHEALTHY) == 2
+    assert states.count(S.READY) == 2
+
+
 def test_a_success_resets_the_failure_count() -> None:
     """Failures must be consecutive to eject."""
     pool, _, _ = make_pool(("a",), failure_threshold=3)
