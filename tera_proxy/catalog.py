@@ -54,5 +54,6 @@ def describe(m: ModelConfig, created: int) -> dict[str, Any]:
             "reasoning_field": m.rewrite.reasoning_field,
             "parse_reasoning": m.rewrite.parse_reasoning,
             "parse_tools": m.rewrite.parse_tools,
+            "think_prefilled": m.rewrite.think_prefilled,
         },
     }

@@ -46,7 +46,9 @@ class UpstreamConfig:
     max_attempts: int = 3
     # Upper bound on the time spent trying replicas before the client gets an answer.
     retry_deadline: float = 30 * SECONDS
+    # Full-jitter backoff: attempt n waits uniform(0, min(max, backoff * 2**(n-1))).
     retry_backoff: float = 0.05 * SECONDS
+    retry_backoff_max: float = 1 * SECONDS
     max_connections: int = 4096
 
 
@@ -73,6 +75,9 @@ class RewriteProfile:
     reasoning_field: ReasoningField = "reasoning"
     parse_reasoning: ReasoningParse = "none"
     parse_tools: ToolParse = "none"
+    # The chat template opens <think> in the prompt (Qwen3 Thinking-2507, DeepSeek-R1-0528):
+    # generated text starts inside the reasoning.
+    think_prefilled: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,9 +10,10 @@ SSE error frame and `data: [DONE]`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +33,14 @@ from tera_proxy.errors import (
     stream_error_payload,
 )
 from tera_proxy.pool import Pool, Replica
+from tera_proxy.rewrite import (
+    RequestFacts,
+    StreamRewriter,
+    Usage,
+    facts_from_request,
+    make_stream_rewriter,
+    rewrite_response,
+)
 from tera_proxy.routing import affinity_key
 from tera_proxy.upstream import (
     MAX_ERROR_BODY,
@@ -71,6 +80,7 @@ class Exchange:
     replica: Replica | None = None
     # The current attempt's replica broke after the response started.
     broken: bool = False
+    usage: Usage | None = None
     status: int = 0
 
 
@@ -86,6 +96,8 @@ class Outgoing:
     raw: bool = False
     # Prefix-cache routing key (see routing.affinity_key).
     affinity: bytes | None = None
+    # What the response rewriters need to know; None for bodies relayed untouched.
+    facts: RequestFacts | None = None
 
 
 class Proxy:
@@ -105,13 +117,21 @@ class Proxy:
         else:
             validate.check_speech(body)
         stream = bool(body.get("stream"))
-        if kind != "speech":
-            _default_max_tokens(body, model, kind)
+        if kind == "speech":
+            body["model"] = model.upstream_name
+            return Outgoing(model, UPSTREAM_PATHS[kind], orjson.dumps(body), stream, raw=True)
+        _default_max_tokens(body, model)
+        facts = facts_from_request("chat" if kind == "chat" else "completion", body)
+        if model.rewrite.think_prefilled:
+            facts = dataclasses.replace(facts, think_prefilled=True)
+        if stream:
+            # Usage is always asked for, so accounting never guesses; the rewriter drops
+            # the usage frame again when the client did not ask for it.
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        affinity = affinity_key(body)
         body["model"] = model.upstream_name
-        passthrough = kind == "speech"
-        affinity = None if passthrough else affinity_key(body)
         upstream_body = orjson.dumps(body)
-        return Outgoing(model, UPSTREAM_PATHS[kind], upstream_body, stream, passthrough, affinity)
+        return Outgoing(model, UPSTREAM_PATHS[kind], upstream_body, stream, False, affinity, facts)
 
     def resolve(self, body: dict[str, Any]) -> ModelConfig:
         name = body.get("model")
@@ -163,8 +183,10 @@ class Proxy:
         return ex.attempts < self.config.upstream.max_attempts and time.monotonic() < deadline
 
     def _backoff(self, attempt: int) -> float:
-        base = self.config.upstream.retry_backoff * (2 ** (attempt - 1))
-        return random.uniform(0, base)
+        upstream = self.config.upstream
+        return random.uniform(
+            0, min(upstream.retry_backoff_max, upstream.retry_backoff * 2 ** (attempt - 1))
+        )
 
     async def _attempt(self, ex: Exchange, out: Outgoing, replica: Replica) -> None:
         """One replica, one try. Only the replica's own faults count against its health:
@@ -179,9 +201,9 @@ class Proxy:
             if out.raw:
                 await self._relay_raw(ex, resp)
             elif out.stream and _is_sse(resp):
-                await self._relay_stream(ex, resp)
+                await self._relay_stream(ex, out, resp)
             else:
-                await self._relay_body(ex, resp)
+                await self._relay_body(ex, out, resp)
             failed = ex.broken
         except ProxyError:
             failed = False  # the replica answered properly: the request was at fault
@@ -208,11 +230,13 @@ class Proxy:
             raise _Retryable(error)
         raise error
 
-    async def _relay_body(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
+    async def _relay_body(self, ex: Exchange, out: Outgoing, resp: aiohttp.ClientResponse) -> None:
         try:
             body = await read_body(resp)
         except UpstreamError as exc:
             raise _Retryable(_unavailable(exc)) from exc
+        if out.facts is not None:
+            body, ex.usage = rewrite_response(body, out.model.rewrite, out.facts)
         content_type = resp.headers.get("Content-Type", "application/json").encode()
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await start_response(ex, 200, headers)
@@ -238,18 +262,22 @@ class Proxy:
             await start_response(ex, 200, [(b"content-type", content_type)])
         await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
 
-    async def _relay_stream(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
-        """Forward whole SSE frames as they arrive, byte for byte."""
-        splitter = sse.FrameSplitter()
+    async def _relay_stream(
+        self, ex: Exchange, out: Outgoing, resp: aiohttp.ClientResponse
+    ) -> None:
+        """Forward whole SSE frames as they arrive; byte for byte unless rewritten."""
+        assert out.facts is not None
+        rewriter = make_stream_rewriter(out.model.rewrite, out.facts)
         body = chunks(resp)
         try:
-            done = await self._relay_frames(ex, splitter, body)
+            done = await self._relay_frames(ex, rewriter, body)
         except UpstreamError as exc:
             if not ex.response_started:
                 raise _Retryable(_unavailable(exc)) from exc
             done = False
         finally:
             await body.aclose()
+            ex.usage = rewriter.usage
         if not done:
             if not ex.response_started:
                 raise _Retryable(ServerError("The replica closed the stream before any token."))
@@ -261,23 +289,27 @@ class Proxy:
             await self._end_stream_with_error(ex, error)
 
     async def _relay_frames(
-        self, ex: Exchange, splitter: sse.FrameSplitter, body: Any
+        self, ex: Exchange, rewriter: StreamRewriter, body: AsyncIterator[bytes]
     ) -> bool:
+        """True once the stream ended properly ([DONE] or an error frame passed on)."""
+        splitter = sse.FrameSplitter()
         pool, replica = self.pool, ex.replica
         async for data in body:
             if replica is not None:
                 pool.note_progress(replica)
-            frames = splitter.feed(data)
-            if not frames:
-                continue
-            for i, frame in enumerate(frames):
+            out: list[bytes] = []
+            for frame in splitter.feed(data):
                 if frame.startswith(ERROR_FRAME_PREFIX):
-                    await self._stream_error_frame(ex, frames[:i], frame)
+                    await self._stream_error_frame(ex, out, frame)
                     return True
                 if frame.startswith(DONE_PREFIX):
-                    await self._send_frames(ex, frames[: i + 1], more=False)
+                    out += [sse.data_frame(p) for p in rewriter.finish()]
+                    out.append(frame)
+                    await self._send_frames(ex, out, more=False)
                     return True
-            await self._send_frames(ex, frames, more=True)
+                _rewrite_frame(rewriter, frame, out)
+            if out:
+                await self._send_frames(ex, out, more=True)
         return False
 
     async def _send_frames(self, ex: Exchange, frames: list[bytes], *, more: bool) -> None:
@@ -354,10 +386,20 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
-def _default_max_tokens(body: dict[str, Any], model: ModelConfig, kind: str) -> None:
+def _default_max_tokens(body: dict[str, Any], model: ModelConfig) -> None:
     """Never let a replica generate to the end of the context: cap at max output."""
     if body.get("max_tokens") is None and body.get("max_completion_tokens") is None:
         body["max_tokens"] = model.max_output_tokens
+
+
+def _rewrite_frame(rewriter: StreamRewriter, frame: bytes, out: list[bytes]) -> None:
+    """Append what `frame` becomes: itself (same bytes) unless the rewriter changed it."""
+    data = sse.payload(frame)
+    if data is None:
+        out.append(frame)  # comments (keep-alives) pass as they are
+        return
+    for payload in rewriter.feed(data):
+        out.append(frame if payload is data else sse.data_frame(payload))
 
 
 async def _finish(resp: aiohttp.ClientResponse, *, reuse: bool) -> None:
