@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from tera_proxy import logs
 from tera_proxy.app import App, Service, create_app
@@ -25,6 +27,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
     serve.add_argument("--log-level", default="info")
+    serve.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="hypercorn",
+        help="HTTP server: hypercorn (default), uvicorn (uvloop + httptools) or granian; "
+        "uvicorn and granian come with the [servers] extra",
+    )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
     args = parser.parse_args(argv)
@@ -68,9 +77,9 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        uvloop.run(serve(app, host, port, config))
+        uvloop.run(SERVERS[args.server](app, host, port, config))
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        asyncio.run(serve(app, host, port, config))
+        asyncio.run(SERVERS[args.server](app, host, port, config))
     return 0
 
 
@@ -84,7 +93,19 @@ def services_for(config: Config, app: App, state_dir: Path) -> list[Service]:
     return services
 
 
-async def serve(app: App, host: str, port: int, config: Config) -> None:
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
+def _announce(host: str, port: int, server: str) -> None:
+    print(f"tera-proxy listening on http://{host}:{port} ({server})", file=sys.stderr, flush=True)
+
+
+async def serve_hypercorn(app: App, host: str, port: int, config: Config) -> None:
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config as HypercornConfig
 
@@ -93,12 +114,55 @@ async def serve(app: App, host: str, port: int, config: Config) -> None:
     hc.graceful_timeout = config.server.graceful_timeout
     hc.accesslog = None
     hc.errorlog = "-"
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    print(f"tera-proxy listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    stop = _stop_on_signals()
+    _announce(host, port, "hypercorn")
     await hypercorn_serve(app, hc, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
+
+
+async def serve_uvicorn(app: App, host: str, port: int, config: Config) -> None:
+    import uvicorn
+
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            loop="none",  # the running uvloop
+            http="httptools",
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(config.server.graceful_timeout),
+        )
+    )
+    # uvicorn re-raises SIGTERM after its graceful shutdown (exit -15); handle it here.
+    stop = _stop_on_signals()
+    server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    _announce(host, port, "uvicorn")
+    serving = asyncio.ensure_future(server.serve())
+    await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
+    server.should_exit = True
+    await serving
+
+
+async def serve_granian(app: App, host: str, port: int, config: Config) -> None:
+    from granian.constants import Interfaces
+    from granian.server.embed import Server
+
+    server = Server(app, address=host, port=port, interface=Interfaces.ASGI, log_access=False)
+    stop = _stop_on_signals()
+    _announce(host, port, "granian")
+    serving = asyncio.ensure_future(server.serve())
+    await asyncio.wait([serving, asyncio.ensure_future(stop.wait())], return_when="FIRST_COMPLETED")
+    server.stop()  # type: ignore[no-untyped-call]
+    await serving
+
+
+SERVERS: dict[str, Callable[[App, str, int, Config], Coroutine[Any, Any, None]]] = {
+    "hypercorn": serve_hypercorn,
+    "uvicorn": serve_uvicorn,
+    "granian": serve_granian,
+}
 
 
 if __name__ == "__main__":
