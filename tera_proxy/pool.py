@@ -259,8 +259,11 @@ class Pool:
     def _may_eject(self) -> bool:
         """Passive ejection stops at half the pool: when every replica answers some 5xx,
         ejecting them all would turn retryable errors into 503s for everyone."""
-        ejected = sum(r.state is ReplicaState.UNHEALTHY for r in self.replicas.values())
-        return ejected + 1 <= max(1, int(len(self.replicas) * MAX_EJECTED_FRACTION))
+        if len(self.replicas) == 1:
+            return True
+        # Replicas warming up after an ejection are not back yet: count only READY ones.
+        ready = sum(r.state is ReplicaState.READY for r in self.replicas.values())
+        return ready - 1 >= len(self.replicas) * (1 - MAX_EJECTED_FRACTION)
 
     def note_progress(self, replica: Replica) -> None:
         """The proxy saw bytes from the replica: it is busy, not dead."""

@@ -165,19 +165,17 @@ class Proxy:
                 await asyncio.sleep(self._backoff(ex.attempts))
 
     def _next_replica(self, out: Outgoing, tried: list[str], last: ProxyError | None) -> Replica:
-        """A replica this request has not tried; once all were tried, any but the last
-        one that failed (a lone replica is tried again: the attempt bound still holds)."""
-        acquire = self.pool.acquire
-        try:
-            return acquire(out.model, exclude=frozenset(tried), affinity=out.affinity)
-        except ServiceUnavailable:
-            if last is None:
-                raise
-        again = frozenset(tried[-1:]) if len(self.pool.serving(out.model.id)) > 1 else frozenset()
-        try:
-            return acquire(out.model, exclude=again, affinity=out.affinity)
-        except ServiceUnavailable:
-            raise last from None
+        """A replica this request has not tried; once all were tried, any but the last one
+        that failed, else any ready one (the attempt bound and deadline still hold)."""
+        options = [frozenset(tried)]
+        if last is not None:
+            options += [frozenset(tried[-1:]), frozenset()]
+        for exclude in options:
+            try:
+                return self.pool.acquire(out.model, exclude=exclude, affinity=out.affinity)
+            except ServiceUnavailable as exc:
+                unavailable = exc
+        raise last if last is not None else unavailable
 
     def _may_retry(self, ex: Exchange, deadline: float) -> bool:
         return ex.attempts < self.config.upstream.max_attempts and time.monotonic() < deadline

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 DEFAULT_EPSILON = 0.25
+DEFAULT_FLOOR = 4
 PROMPT_PREFIX_CHARS = 1024
 PROMPT_PREFIX_TOKENS = 256
 # Hashing a 5 MB inline image for every request buys no better affinity than its start.
@@ -39,6 +40,9 @@ class RouteRequest:
     affinity: bytes | None = None
     exclude: frozenset[str] = frozenset()  # replicas this request already tried
     epsilon: float = DEFAULT_EPSILON
+    # Below this load (counting the request) a key never spills: at low load the prefix
+    # cache is worth more than a perfectly even spread.
+    floor: int = DEFAULT_FLOOR
 
 
 def pick(snapshot: Sequence[Candidate], request: RouteRequest = RouteRequest()) -> str | None:
@@ -47,7 +51,8 @@ def pick(snapshot: Sequence[Candidate], request: RouteRequest = RouteRequest()) 
     Only ready candidates the request has not tried qualify. Without an affinity key the
     least loaded wins. With one, candidates are ranked by rendezvous hashing of the key, so
     a key keeps landing on the same replica (and its prefix cache) while that replica's
-    load, counting this request, stays within (1 + epsilon) times the mean; past that the
+    load, counting this request, stays within (1 + epsilon) times the mean (or `floor`,
+    whichever is larger); past that the
     key spills to the next replica in its own ranking.
     """
     eligible = [c for c in snapshot if c.ready and c.name not in request.exclude]
@@ -56,7 +61,7 @@ def pick(snapshot: Sequence[Candidate], request: RouteRequest = RouteRequest()) 
         return _least_loaded(eligible)
     total = sum(c.load for c in eligible) + 1
     # The guard keeps float noise from rounding an exact bound up by one.
-    bound = math.ceil((1 + request.epsilon) * total / len(eligible) - 1e-9)
+    bound = max(request.floor, math.ceil((1 + request.epsilon) * total / len(eligible) - 1e-9))
     for c in sorted(eligible, key=lambda c: _rank(key, c.name), reverse=True):
         if c.load + 1 <= bound:
             return c.name
