@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install the bench tools and the peers the comparison runs against, each into its own
+# bench-only environment under var/bench/ (never into the project's .venv). Every step is
+# timed and may fail on its own: the outcome goes to var/bench/install.json, which
+# bench/peers.py reads to say "not installed" in its table instead of failing.
+#   usage: bench/install_peers.sh [PY] [step...]   steps: tools nginx mock vllm-router sglang-router litellm granian
+set -u
+PY=${1:-python3}; shift || true
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+VAR=$ROOT/var/bench
+mkdir -p "$VAR/peers"
+STEPS=${*:-tools mock nginx vllm-router sglang-router litellm}
+# Pins: the versions this harness was written against (override from make).
+VLLM_ROUTER_PKG=${VLLM_ROUTER_PKG:-vllm-router==0.1.17}
+SGLANG_ROUTER_PKG=${SGLANG_ROUTER_PKG:-sglang-router==0.3.2}
+# LiteLLM 1.107.0 was a compromised release, and 1.101+ needs a certifi newer than the
+# registry mirror here has: 1.100.5 installs and predates both.
+LITELLM_PKG=${LITELLM_PKG:-litellm[proxy]==1.100.5}
+STATUS=$VAR/install.json
+test -f "$STATUS" || echo '{}' > "$STATUS"
+
+record() {  # name ok seconds detail
+  "$PY" - "$STATUS" "$1" "$2" "$3" "$4" <<'PYEOF'
+import json, sys, time
+path, name, ok, secs, detail = sys.argv[1:]
+data = json.load(open(path))
+data[name] = {"ok": ok == "1", "seconds": int(secs), "detail": detail, "at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+json.dump(data, open(path, "w"), indent=2)
+PYEOF
+}
+
+venv_pip() {  # dir packages...
+  local dir=$1; shift
+  { test -x "$dir/bin/python" || "$PY" -m venv "$dir"; } && "$dir/bin/pip" install -q "$@" 2> >(grep -v "^WARNING: Location" >&2)
+}
+
+run_step() {
+  local name=$1 start=$SECONDS ok=1 detail=""
+  echo "== $name" >&2
+  case $name in
+    tools) venv_pip "$VAR/venv" aiohttp orjson uvloop psutil matplotlib numpy || ok=0
+           detail="aiohttp orjson uvloop psutil matplotlib numpy";;
+    mock)  make -s -C "$ROOT/bench/mock" || ok=0; detail="gcc bench/mock/mockllm.c";;
+    nginx) if ! command -v nginx >/dev/null && ! test -x /usr/sbin/nginx; then
+             { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx-light >/dev/null; } \
+             || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; } || ok=0
+           fi
+           detail=$( (/usr/sbin/nginx -v 2>&1 || nginx -v 2>&1) | head -1);;
+    vllm-router) venv_pip "$VAR/peers/vllm-router" "$VLLM_ROUTER_PKG" || ok=0
+           test -x "$VAR/peers/vllm-router/bin/vllm-router" || ok=0; detail=$VLLM_ROUTER_PKG;;
+    sglang-router) venv_pip "$VAR/peers/sglang-router" "$SGLANG_ROUTER_PKG" || ok=0
+           "$VAR/peers/sglang-router/bin/python" -c 'import sglang_router' || ok=0; detail=$SGLANG_ROUTER_PKG;;
+    litellm) venv_pip "$VAR/peers/litellm" "$LITELLM_PKG" || ok=0
+           test -x "$VAR/peers/litellm/bin/litellm" || ok=0; detail=$LITELLM_PKG;;
+    granian) venv_pip "$ROOT/var/bench/peers/tera-servers" -e "$ROOT" granian uvicorn httptools || ok=0
+           detail="tera-proxy + granian uvicorn httptools";;
+    *) echo "unknown step $name" >&2; ok=0;;
+  esac
+  local took=$((SECONDS - start))
+  record "$name" "$ok" "$took" "$detail"
+  if [ $ok = 1 ]; then echo "   $name: installed in ${took}s" >&2; else echo "   $name: FAILED after ${took}s (the bench will mark it unavailable)" >&2; fi
+}
+
+for s in $STEPS; do run_step "$s"; done
+exit 0
