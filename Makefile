@@ -39,5 +39,5 @@ check-config: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
 
-include mk/vllm.mk
+-include mk/vllm.mk
 include mk/bench.mk
