@@ -368,27 +368,32 @@ class Pool:
             self._apply(r, Event.EJECT, now)
 
     def _scraped(self, r: Replica, scrape: Scrape, inflight: int | None, now: float) -> None:
+        # Quiet: the proxy saw no byte and no completion from it since the last scrape.
+        quiet = r.last_progress <= r.scraped_at
         if r.scrape is not None and scrape.moved_since(r.scrape):
             r.last_progress = now
+            quiet = False
         r.scrape, r.scraped_at = scrape, now
         queue = scrape.queue
         if queue is not None:
             # Requests acquired while the scrape was under way are not in it.
             seen = r.inflight if inflight is None else min(inflight, r.inflight)
             r.scrape_base = seen
-            self._reconcile(r, seen - queue)
+            self._reconcile(r, seen if queue == 0 and quiet else 0)
 
-    def _reconcile(self, r: Replica, excess: int) -> None:
-        """Write off in-flight requests the engine has not held for DRIFT_SCRAPES scrapes.
+    def _reconcile(self, r: Replica, phantom: int) -> None:
+        """Write off in-flight requests of an engine that has been idle and silent for
+        DRIFT_SCRAPES scrapes: they can only be lost decrements.
 
-        The proxy's count can only exceed the engine's by requests in transit, which come
-        and go between scrapes; an excess that persists is lost decrements. Other proxies'
-        requests only raise the engine's count, so they never cause a correction.
+        Under load the proxy's count legitimately exceeds the engine's by requests in
+        transit (not yet admitted, or finished but still being read back), so nothing is
+        corrected while the engine holds requests or bytes flow. A drifted replica looks
+        busy, gets less traffic, goes idle, and is corrected then.
         """
-        if excess <= 0:
+        if phantom <= 0:
             r.drift_streak = 0
             return
-        r.drift_min = excess if r.drift_streak == 0 else min(r.drift_min, excess)
+        r.drift_min = phantom if r.drift_streak == 0 else min(r.drift_min, phantom)
         r.drift_streak += 1
         if r.drift_streak >= DRIFT_SCRAPES:
             r.inflight -= r.drift_min

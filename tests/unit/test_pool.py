@@ -372,35 +372,50 @@ def test_stale_scrape_is_ignored() -> None:
     assert pool.snapshot("m")[0].load == 0
 
 
-def test_persistent_excess_inflight_is_written_off() -> None:
-    """Inflight above the engine's queue for three scrapes drops by the smallest excess."""
-    pool, _, _ = make_pool(probing=True)
+def test_phantom_inflight_of_an_idle_engine_is_written_off() -> None:
+    """Inflight on an engine idle and silent for three scrapes is written off."""
+    pool, clock, _ = make_pool(probing=True)
     replica = ready(pool, "a")
     replica.inflight = 6
-    for running in (2.0, 1.0, 3.0):
-        pool.observe(replica, Probe(Reach.HEALTHY, {"tiny": 2048}, Scrape(running, 0.0)))
-    assert replica.inflight == 3
-    assert replica.corrected == 3
+    for _ in range(4):
+        clock.now += 1.0
+        pool.observe(replica, Probe(Reach.HEALTHY, {"tiny": 2048}, Scrape(0.0, 0.0)))
+    assert replica.inflight == 0
+    assert replica.corrected == 6
 
 
-def test_transient_excess_inflight_is_kept() -> None:
-    """An excess that vanishes in one scrape is requests in transit, not drift."""
-    pool, _, _ = make_pool(probing=True)
+def test_excess_under_load_is_kept() -> None:
+    """While the engine holds requests, an excess is requests in transit, not drift."""
+    pool, clock, _ = make_pool(probing=True)
     replica = ready(pool, "a")
-    replica.inflight = 4
-    for running in (2.0, 4.0, 2.0, 2.0):
+    replica.inflight = 6
+    for running in (2.0, 1.0, 3.0, 1.0, 2.0):
+        clock.now += 1.0
         pool.observe(replica, Probe(Reach.HEALTHY, {"tiny": 2048}, Scrape(running, 0.0)))
-    assert replica.inflight == 4
+    assert replica.inflight == 6
+
+
+def test_bytes_flowing_block_the_write_off() -> None:
+    """An idle-looking engine whose responses are still being read is not drift."""
+    pool, clock, _ = make_pool(probing=True)
+    replica = ready(pool, "a")
+    replica.inflight = 2
+    for _ in range(5):
+        clock.now += 1.0
+        pool.note_progress(replica)
+        pool.observe(replica, Probe(Reach.HEALTHY, {"tiny": 2048}, Scrape(0.0, 0.0)))
+    assert replica.inflight == 2
 
 
 def test_requests_acquired_during_the_scrape_are_not_drift() -> None:
     """The in-flight count from when the scrape was sent is what is compared."""
-    pool, _, _ = make_pool(probing=True)
+    pool, clock, _ = make_pool(probing=True)
     replica = ready(pool, "a")
     replica.inflight = 5
-    for _ in range(3):
-        pool.observe(replica, Probe(Reach.HEALTHY, {"tiny": 2048}, Scrape(2.0, 0.0), inflight=2))
-    assert replica.inflight == 5
+    for _ in range(4):
+        clock.now += 1.0
+        pool.observe(replica, Probe(Reach.HEALTHY, {"tiny": 2048}, Scrape(0.0, 0.0), inflight=2))
+    assert replica.inflight == 3
 
 
 # -- Retry-After -----------------------------------------------------------------------
