@@ -25,7 +25,7 @@ from typing import Protocol
 
 import structlog
 
-from tera_proxy.config import ModelConfig
+from tera_proxy.config import LedgerConfig, ModelConfig
 from tera_proxy.rewrite.usage import Usage
 
 SECONDS = 1.0
@@ -34,18 +34,6 @@ _DURATION = re.compile(r"(\d+)([smhdw])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 log = structlog.get_logger("tera_proxy.accounting")
-
-
-@dataclass(frozen=True, slots=True)
-class LedgerConfig:
-    """Proposed `[ledger]` section."""
-
-    batch_size: int = 500
-    # Longest a recorded row waits before it is written.
-    flush_interval: float = 0.25 * SECONDS
-    # Rows held while the database is unreachable; beyond this, new rows are dropped
-    # (and counted) rather than growing without bound.
-    max_pending: int = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +117,9 @@ class LedgerBackend(Protocol):
 class Ledger:
     """Queues ledger rows and writes them in batches off the request path."""
 
-    def __init__(self, backend: LedgerBackend, config: LedgerConfig = LedgerConfig()) -> None:
+    def __init__(self, backend: LedgerBackend, config: LedgerConfig | None = None) -> None:
         self._backend = backend
-        self._config = config
+        self._config = config or LedgerConfig()
         self._pending: list[LedgerRow] = []
         self._full = asyncio.Event()
         self._closing = False

@@ -9,18 +9,23 @@ router on the hot path, and every miss answers in the same JSON error shape.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import os
 import re
+import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import aiohttp
 import orjson
 import structlog
 
+from tera_proxy.auth import authorize, visible_models
 from tera_proxy.catalog import Catalog
 from tera_proxy.config import Config
 from tera_proxy.errors import (
+    AuthenticationFailed,
     EndpointNotFound,
     MethodNotAllowed,
     ModelNotFound,
@@ -29,9 +34,11 @@ from tera_proxy.errors import (
     ServerError,
 )
 from tera_proxy.health import HealthProber
+from tera_proxy.metrics import CONTENT_TYPE
 from tera_proxy.pool import Pool
 from tera_proxy.proxy import JSON_HEADERS, Exchange, Proxy, Receive, Send, start_response
 from tera_proxy.sse import DONE_FRAME, data_frame
+from tera_proxy.tenancy import Outcome, Tenancy
 from tera_proxy.upstream import Upstream
 
 log = structlog.get_logger("tera_proxy")
@@ -40,6 +47,7 @@ Scope = dict[str, Any]
 Handler = Callable[[Exchange, Scope, Receive], Awaitable[None]]
 
 REQUEST_ID_RE = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+METRICS_TYPE = CONTENT_TYPE.encode()
 NOT_OFFERED = (
     "/v1/moderations",
     "/v1/embeddings",
@@ -72,20 +80,27 @@ class ClientGone(Exception):
 
 
 class App:
-    def __init__(self, config: Config, services: Sequence[Service] = ()) -> None:
+    def __init__(
+        self, config: Config, services: Sequence[Service] = (), state_dir: Path | None = None
+    ) -> None:
         self.config = config
+        self.state_dir = state_dir if state_dir is not None else Path(config.state_dir)
         self.catalog = Catalog(config.models)
+        self.tenancy = Tenancy(config, self.state_dir)
         self.pool = Pool(config, epsilon=config.health.affinity_epsilon)
         self.upstream = Upstream(config.upstream)
         self.proxy = Proxy(config, self.catalog, self.pool, self.upstream)
         self.services = list(services)
         self._probe_session: aiohttp.ClientSession | None = None
+        auth = config.auth
+        self.admin_token = auth.admin_token or os.environ.get(auth.admin_token_env, "")
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completion},
             "/v1/audio/speech": {"POST": self._speech},
             "/v1/models": {"GET": self._models},
             "/health": {"GET": self._health},
+            "/metrics": {"GET": self._metrics},
             "/ready": {"GET": self._ready},
         }
         self._model_route: dict[str, Handler] = {"GET": self._model}
@@ -127,30 +142,62 @@ class App:
     # -- generation ---------------------------------------------------------------------
 
     async def _chat(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
-        await self._generate(ex, receive, "chat")
+        await self._generate(ex, scope, receive, "chat")
 
     async def _completion(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
-        await self._generate(ex, receive, "completion")
+        await self._generate(ex, scope, receive, "completion")
 
     async def _speech(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
-        await self._generate(ex, receive, "speech")
+        await self._generate(ex, scope, receive, "speech")
 
-    async def _generate(self, ex: Exchange, receive: Receive, kind: str) -> None:
+    async def _generate(self, ex: Exchange, scope: Scope, receive: Receive, kind: str) -> None:
+        principal = await self.tenancy.principal(scope["headers"])
         raw = await read_request(receive, self.config.server.max_body_bytes)
         out = self.proxy.prepare(kind, raw)
-        await until_disconnect(ex, receive, self.proxy.forward(ex, out))
+        ticket = await self.tenancy.admit(principal, out.model, out.reserve)
+        ex.extra_headers = self.tenancy.headers(ticket)
+        try:
+            await until_disconnect(ex, receive, self.proxy.forward(ex, out))
+        except ProxyError as error:
+            ex.status = error.status  # what the error boundary is about to send
+            raise
+        finally:
+            await self.tenancy.settle(ticket, outcome(ex))
 
     # -- catalog and probes -------------------------------------------------------------
 
     async def _models(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
-        await send_json(ex, 200, self.catalog.list_body)
+        principal = await self.tenancy.principal(scope["headers"])
+        if principal is None:
+            await send_json(ex, 200, self.catalog.list_body)
+            return
+        ids = visible_models(principal, (m.id for m in self.catalog))
+        await send_json(ex, 200, self.catalog.list_body_for(ids))
 
     async def _model(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        principal = await self.tenancy.principal(scope["headers"])
         model_id = scope["path"][len("/v1/models/") :]
         body = self.catalog.body(model_id)
         if body is None:
             raise ModelNotFound(model_id)
+        if principal is not None:
+            authorize(principal, model_id)
         await send_json(ex, 200, body)
+
+    async def _metrics(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
+        self._check_admin(scope)
+        body = self.tenancy.metrics.render()
+        headers = [(b"content-type", METRICS_TYPE), (b"content-length", str(len(body)).encode())]
+        await start_response(ex, 200, headers)
+        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+
+    def _check_admin(self, scope: Scope) -> None:
+        """Operator endpoints answer only to the admin token, when one is configured."""
+        token = self.admin_token
+        if token and not admin_token_matches(scope["headers"], token):
+            raise AuthenticationFailed(
+                "This endpoint needs the admin token.", code="invalid_admin_token"
+            )
 
     async def _health(self, ex: Exchange, scope: Scope, receive: Receive) -> None:
         await send_json(ex, 200, b'{"status":"ok"}')
@@ -182,6 +229,7 @@ class App:
 
     async def startup(self) -> None:
         await self.upstream.start()
+        await self.tenancy.start()
         if self.config.health.enabled:
             # Its own small session: probes must not queue behind client traffic.
             self._probe_session = aiohttp.ClientSession(
@@ -200,13 +248,38 @@ class App:
         if self._probe_session is not None:
             await self._probe_session.close()
         await self.upstream.close()
+        await self.tenancy.stop()
 
     def ready(self) -> bool:
         return all(self.pool.can_serve(m.id) for m in self.catalog)
 
 
-def create_app(config: Config, services: Sequence[Service] = ()) -> App:
-    return App(config, services)
+def create_app(
+    config: Config, services: Sequence[Service] = (), state_dir: Path | None = None
+) -> App:
+    return App(config, services, state_dir)
+
+
+def outcome(ex: Exchange) -> Outcome:
+    ttft = None if ex.first_byte_at is None else ex.first_byte_at - ex.started
+    return Outcome(
+        request_id=ex.request_id,
+        status=ex.status or (499 if ex.client_gone else 500),
+        replica=ex.replica.name if ex.replica is not None else "",
+        attempts=ex.attempts,
+        usage=ex.usage,
+        ttft=ttft,
+        duration=time.monotonic() - ex.started,
+        client_disconnected=ex.client_gone,
+    )
+
+
+def admin_token_matches(headers: list[tuple[bytes, bytes]], token: str) -> bool:
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, given = bytes(value).decode("latin-1").partition(" ")
+            return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    return False
 
 
 # -- helpers shared by the handlers ---------------------------------------------------

@@ -7,7 +7,7 @@ runs, so they are rendered once, at start.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -19,9 +19,20 @@ class Catalog:
     def __init__(self, models: tuple[ModelConfig, ...], created: int | None = None) -> None:
         self._models = {m.id: m for m in models}
         created = int(time.time()) if created is None else created
-        entries = [describe(m, created) for m in models]
-        self.list_body = orjson.dumps({"object": "list", "data": entries})
-        self._bodies = {e["id"]: orjson.dumps(e) for e in entries}
+        self._entries = [describe(m, created) for m in models]
+        self.list_body = orjson.dumps({"object": "list", "data": self._entries})
+        self._bodies = {e["id"]: orjson.dumps(e) for e in self._entries}
+        self._lists: dict[tuple[str, ...], bytes] = {}
+
+    def list_body_for(self, model_ids: Iterable[str]) -> bytes:
+        """The list of just these models (a key's scope), rendered once per scope."""
+        ids = tuple(model_ids)
+        body = self._lists.get(ids)
+        if body is None:
+            keep = set(ids)
+            data = [e for e in self._entries if e["id"] in keep]
+            body = self._lists[ids] = orjson.dumps({"object": "list", "data": data})
+        return body
 
     def get(self, model_id: str) -> ModelConfig | None:
         return self._models.get(model_id)

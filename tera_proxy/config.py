@@ -123,6 +123,65 @@ class WorkerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyStoreConfig:
+    """`[keys]`: API keys are stored only as HMAC digests under this server secret."""
+
+    # The HMAC secret; when empty it is read from the environment variable `secret_env`,
+    # else from `secret_file` (relative to state_dir), which is created on first use.
+    secret: str = ""
+    secret_env: str = "TERA_KEY_SECRET"
+    secret_file: str = "key-secret"
+    # Upper bound on how long a revocation made elsewhere goes unnoticed.
+    refresh_interval: float = 0.5 * SECONDS
+
+
+@dataclass(frozen=True, slots=True)
+class DatabaseConfig:
+    """`[database]`: shared by the key store and the ledger."""
+
+    # Relative to the state directory; used unless `postgres_dsn` is set.
+    sqlite_path: str = "tera.db"
+    # e.g. postgresql://tera@127.0.0.1:5432/tera
+    postgres_dsn: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """`[limits]`: where per-key counters live."""
+
+    backend: Literal["memory", "redis"] = "memory"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_prefix: str = "tera:rl:"
+    # Longer than any request may run; bounds how long a dead proxy's tickets count.
+    lease_ttl: float = 15 * 60 * SECONDS
+    # With Redis unreachable: admit (True) or answer 503 (False).
+    fail_open: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerConfig:
+    """`[ledger]`: one row per request, written in batches off the event loop."""
+
+    batch_size: int = 500
+    # Longest a recorded row waits before it is written.
+    flush_interval: float = 0.25 * SECONDS
+    # Rows held while the database is unreachable; beyond this, new rows are dropped
+    # (and counted) rather than growing without bound.
+    max_pending: int = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """`[auth]`: off only for a private sidecar; a provider keeps it on."""
+
+    enabled: bool = True
+    # The admin HTTP API (/admin/*) answers only to this bearer token; when empty it is
+    # read from `admin_token_env`; with neither, the admin API is off.
+    admin_token: str = ""
+    admin_token_env: str = "TERA_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     upstream: UpstreamConfig = field(default_factory=UpstreamConfig)
@@ -130,6 +189,11 @@ class Config:
     replicas: tuple[ReplicaConfig, ...] = ()
     models: tuple[ModelConfig, ...] = ()
     workers: tuple[WorkerConfig, ...] = ()
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    keys: KeyStoreConfig = field(default_factory=KeyStoreConfig)
+    database: DatabaseConfig = field(default_factory=DatabaseConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     # Where state (logs, scratch) lives; relative paths are relative to the config file.
     state_dir: str = "var"
 
@@ -215,6 +279,9 @@ def _scalar(tp: Any, value: Any, path: str) -> Any:
 def _check(config: Config) -> None:
     _positive(config.server.port, "server.port")
     _positive(config.upstream.max_attempts, "upstream.max_attempts")
+    if not 0 < config.keys.refresh_interval <= 1:
+        raise ConfigError("keys.refresh_interval: must be in (0, 1] seconds (revocation bound)")
+    _positive(config.ledger.batch_size, "ledger.batch_size")
     for name in ("connect_timeout", "read_timeout", "retry_deadline"):
         _positive(getattr(config.upstream, name), f"upstream.{name}")
     replicas = config.replica_configs()

@@ -22,11 +22,12 @@ import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 import structlog
 
-from tera_proxy.config import ConfigError
+from tera_proxy.config import ConfigError, KeyStoreConfig
 
 SECONDS = 1.0
 KEY_PREFIX = "sk-tera-"
@@ -43,17 +44,6 @@ _WELL_FORMED = re.compile(r"sk-tera-[A-Za-z0-9_-]{32,128}")
 log = structlog.get_logger("tera_proxy.keys")
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class KeyStoreConfig:
-    """Proposed `[keys]` section."""
-
-    # The HMAC secret; when empty it is read from the environment variable `secret_env`.
-    secret: str = ""
-    secret_env: str = "TERA_KEY_SECRET"
-    # Upper bound on how long a revocation made elsewhere goes unnoticed.
-    refresh_interval: float = REFRESH_INTERVAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,15 +130,34 @@ def key_digest(server_secret: bytes, secret: str) -> bytes:
     return hmac.digest(server_secret, secret.encode(), "sha256")
 
 
-def server_secret(config: KeyStoreConfig, environ: Mapping[str, str] = os.environ) -> bytes:
-    """The HMAC secret from config or environment; refuses a missing or short one."""
+def server_secret(
+    config: KeyStoreConfig,
+    environ: Mapping[str, str] = os.environ,
+    state_dir: Path | None = None,
+) -> bytes:
+    """The HMAC secret: config, else environment, else the state dir's secret file
+    (created on first use, mode 0600); refuses a short one."""
     value = config.secret or environ.get(config.secret_env, "")
+    if not value and state_dir is not None:
+        value = _secret_file(state_dir / config.secret_file)
     if len(value) < MIN_SERVER_SECRET:
         raise ConfigError(
             f"keys.secret: set it, or the environment variable {config.secret_env}, "
             f"to at least {MIN_SERVER_SECRET} characters (e.g. `openssl rand -hex 32`)"
         )
     return value.encode()
+
+
+def _secret_file(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))
+    return path.read_text().strip()
 
 
 def check_new_key(name: str, models: Sequence[str]) -> None:

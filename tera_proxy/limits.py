@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Protocol
 
 from tera_proxy.errors import RateLimited
 from tera_proxy.keys import KeyLimits
@@ -41,19 +41,6 @@ SLACK = 1e-6
 PURGE_MIN = 64
 
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True, slots=True)
-class LimitsConfig:
-    """Proposed `[limits]` section."""
-
-    backend: Literal["memory", "redis"] = "memory"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_prefix: str = "tera:rl:"
-    # Longer than any request may run; bounds how long a dead proxy's tickets count.
-    lease_ttl: float = DEFAULT_LEASE
-    # With Redis unreachable: admit (True) or answer 503 (False).
-    fail_open: bool = True
 
 
 class LimitKind(enum.Enum):

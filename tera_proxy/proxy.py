@@ -81,6 +81,9 @@ class Exchange:
     # The current attempt's replica broke after the response started.
     broken: bool = False
     usage: Usage | None = None
+    # Sent with the response head (rate-limit headers); set before forwarding.
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    first_byte_at: float | None = None
     status: int = 0
 
 
@@ -98,6 +101,8 @@ class Outgoing:
     affinity: bytes | None = None
     # What the response rewriters need to know; None for bodies relayed untouched.
     facts: RequestFacts | None = None
+    # Tokens the request may use at most (prompt estimate + max tokens), for admission.
+    reserve: int = 0
 
 
 class Proxy:
@@ -131,7 +136,9 @@ class Proxy:
         affinity = affinity_key(body)
         body["model"] = model.upstream_name
         upstream_body = orjson.dumps(body)
-        return Outgoing(model, UPSTREAM_PATHS[kind], upstream_body, stream, False, affinity, facts)
+        reserve = facts.prompt_estimate + (facts.max_tokens or model.max_output_tokens) * facts.n
+        path = UPSTREAM_PATHS[kind]
+        return Outgoing(model, path, upstream_body, stream, False, affinity, facts, reserve)
 
     def resolve(self, body: dict[str, Any]) -> ModelConfig:
         name = body.get("model")
@@ -357,13 +364,9 @@ UPSTREAM_PATHS = {
 async def start_response(ex: Exchange, status: int, headers: list[tuple[bytes, bytes]]) -> None:
     ex.response_started = True
     ex.status = status
-    await ex.send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [*headers, (b"x-tera-request-id", ex.request_id.encode())],
-        }
-    )
+    ex.first_byte_at = time.monotonic()
+    head = [*headers, *ex.extra_headers, (b"x-tera-request-id", ex.request_id.encode())]
+    await ex.send({"type": "http.response.start", "status": status, "headers": head})
 
 
 async def start_sse(ex: Exchange) -> None:

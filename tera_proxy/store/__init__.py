@@ -7,22 +7,12 @@ chosen, so asyncpg and redis are needed only by deployments that use them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 from tera_proxy.accounting import LedgerBackend
+from tera_proxy.config import DatabaseConfig, LimitsConfig
 from tera_proxy.keys import KeyBackend
-from tera_proxy.limits import Limiter, LimitsConfig, MemoryLimiter
-
-
-@dataclass(frozen=True, slots=True)
-class DatabaseConfig:
-    """Proposed `[database]` section, shared by the key store and the ledger."""
-
-    # Relative to the state directory; used unless `postgres_dsn` is set.
-    sqlite_path: str = "tera.db"
-    # e.g. postgresql://tera@127.0.0.1:5432/tera
-    postgres_dsn: str = ""
+from tera_proxy.limits import Limiter, MemoryLimiter
 
 
 def _sqlite_file(db: DatabaseConfig, state_dir: Path) -> Path:

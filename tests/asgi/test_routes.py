@@ -25,8 +25,8 @@ CONFIG = {
 
 
 @pytest.fixture
-def app():  # type: ignore[no-untyped-def]
-    return create_app(parse_config(CONFIG))
+def app(tmp_path):  # type: ignore[no-untyped-def]
+    return create_app(parse_config({**CONFIG, "auth": {"enabled": False}}), state_dir=tmp_path)
 
 
 def error_of(body: bytes) -> dict:

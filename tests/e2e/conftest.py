@@ -3,9 +3,11 @@ the official openai client pointed at it."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -28,7 +30,7 @@ class Stack:
     client: openai.AsyncOpenAI
 
 
-def proxy_config(urls: list[str], **upstream: Any) -> Any:
+def proxy_config(urls: list[str], *, auth: bool = False, **upstream: Any) -> Any:
     names = [f"r{i}" for i in range(len(urls))]
     model = {
         "context_length": 131072,
@@ -41,6 +43,7 @@ def proxy_config(urls: list[str], **upstream: Any) -> Any:
         {
             "upstream": {"connect_timeout": 1.0, "read_timeout": 5.0, **upstream},
             "health": {"interval": 0.2, "timeout": 1.0},
+            "auth": {"enabled": auth},
             "replicas": [
                 {"name": n, "url": u, "api_key": "replica-secret"}
                 for n, u in zip(names, urls, strict=True)
@@ -58,11 +61,14 @@ async def start_stack(
         for _ in range(n):
             cfg = SimConfig(models=(MODEL, QWEN), api_key="replica-secret", **(sim or {}))
             sims.append(await stack.enter_async_context(SimServer(cfg, port=0)))
-        app = create_app(proxy_config([s.url for s in sims], **upstream))
+        state = stack.enter_context(tempfile.TemporaryDirectory())
+        config = proxy_config([s.url for s in sims], auth=True, **upstream)
+        app = create_app(config, state_dir=Path(state))
         url = await stack.enter_async_context(serve_app(app))
         await wait_ready(app)
+        key = await app.tenancy.keys.create("e2e")
         client = openai.AsyncOpenAI(
-            base_url=f"{url}/v1", api_key="sk-tera-client-secret", max_retries=0, timeout=10
+            base_url=f"{url}/v1", api_key=key.secret, max_retries=0, timeout=10
         )
         stack.push_async_callback(client.close)
         yield Stack(url, app, sims, client)

@@ -32,6 +32,10 @@ TOOLS = [
 ]
 
 
+def auth(stack: Stack) -> dict[str, str]:
+    return {"Authorization": f"Bearer {stack.client.api_key}"}
+
+
 def chats(sim: Any) -> list[Any]:
     """The chat requests a simulator received (warm-ups are completions)."""
     return [r for r in sim.stats.requests if r.path == "/v1/chat/completions"]
@@ -77,7 +81,7 @@ async def test_stream_ends_with_done(stack: Stack) -> None:
     """The raw SSE stream ends with data: [DONE]."""
     body = {"model": MODEL, "messages": USER, "max_tokens": 8, "stream": True}
     async with aiohttp.ClientSession() as s, s.post(
-        f"{stack.url}/v1/chat/completions", json=body
+        f"{stack.url}/v1/chat/completions", json=body, headers=auth(stack)
     ) as resp:
         text = await resp.read()
     assert text.endswith(b"data: [DONE]\n\n")
@@ -175,7 +179,7 @@ async def test_upstream_request_shape(stack: Stack) -> None:
     sent = last_upstream(stack)
     headers = {k.lower(): v for k, v in sent["headers"].items()}
     assert headers["authorization"] == "Bearer replica-secret"
-    assert "client-secret" not in json.dumps(sent)
+    assert stack.client.api_key not in json.dumps(sent)
     assert "openai-organization" not in headers and "openai-project" not in headers
     assert sent["body"]["max_tokens"] == 4096
     assert (sent["body"]["top_k"], sent["body"]["min_p"], sent["body"]["seed"]) == (5, 0.1, 7)
@@ -301,7 +305,7 @@ async def test_vllm_stream_error_frame_is_passed_on(stack: Stack) -> None:
         sim.faults.stream_error_after = 2
     body = {"model": MODEL, "messages": USER, "max_tokens": 64, "stream": True}
     async with aiohttp.ClientSession() as s, s.post(
-        f"{stack.url}/v1/chat/completions", json=body
+        f"{stack.url}/v1/chat/completions", json=body, headers=auth(stack)
     ) as resp:
         text = await resp.read()
     frames = [f for f in text.split(b"\n\n") if f]
@@ -316,7 +320,7 @@ async def test_disconnect_mid_stream_aborts_upstream(one: Stack) -> None:
     sim = one.sims[0]
     body = {"model": MODEL, "messages": USER, "max_tokens": 400, "stream": True}
     async with aiohttp.ClientSession() as s:
-        resp = await s.post(f"{one.url}/v1/chat/completions", json=body)
+        resp = await s.post(f"{one.url}/v1/chat/completions", json=body, headers=auth(one))
         await resp.content.readany()
         resp.close()
     completed = sim.stats.completed_total
@@ -329,7 +333,9 @@ async def test_disconnect_non_streaming_aborts_upstream(one: Stack) -> None:
     sim = one.sims[0]
     body = {"model": MODEL, "messages": USER, "max_tokens": 400}
     async with aiohttp.ClientSession() as s:
-        task = asyncio.ensure_future(s.post(f"{one.url}/v1/chat/completions", json=body))
+        task = asyncio.ensure_future(
+            s.post(f"{one.url}/v1/chat/completions", json=body, headers=auth(one))
+        )
         await sim.wait_for(lambda st: st.inflight >= 1, timeout=2.0)
         task.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -72,6 +72,7 @@ def config_for(url: str):  # type: ignore[no-untyped-def]
     return parse_config(
         {
             "health": {"enabled": False},
+            "auth": {"enabled": False},
             "replicas": [{"name": "u", "url": url}],
             "models": [
                 {
@@ -88,11 +89,12 @@ def config_for(url: str):  # type: ignore[no-untyped-def]
     )
 
 
-async def test_frames_forwarded_byte_for_byte_as_they_arrive(upstream) -> None:  # type: ignore[no-untyped-def]
+async def test_frames_forwarded_byte_for_byte_as_they_arrive(upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The first frame reaches the client before the upstream sends the rest, unchanged."""
     url, scripted = upstream
     body = {"model": "org/m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
-    async with serve_app(create_app(config_for(url))) as base, aiohttp.ClientSession() as s:
+    app = create_app(config_for(url), state_dir=tmp_path)
+    async with serve_app(app) as base, aiohttp.ClientSession() as s:
         async with s.post(f"{base}/v1/chat/completions", json=body) as resp:
             assert resp.status == 200
             assert resp.headers["content-type"].startswith("text/event-stream")

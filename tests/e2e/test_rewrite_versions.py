@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -40,11 +42,13 @@ async def proxied(version: str, parsers: bool, field: str = "reasoning") -> Asyn
         config = parse_config({
             "replicas": [{"name": "r", "url": sim.url}],
             "health": {"interval": 0.2},
+            "auth": {"enabled": False},
             "models": [{"id": MODEL, "context_length": 8192, "max_output_tokens": 1024,
                         "input_price_per_million": 0.1, "output_price_per_million": 0.2,
                         "replicas": ["r"], "rewrite": profile}],
         })
-        app = create_app(config)
+        state = stack.enter_context(tempfile.TemporaryDirectory())
+        app = create_app(config, state_dir=Path(state))
         url = await stack.enter_async_context(serve_app(app))
         await wait_ready(app)
         client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="sk-tera-x", max_retries=0)

@@ -16,6 +16,11 @@ from backends.sim import SimConfig, SimServer
 from tests.e2e.conftest import MODEL
 
 CONFIG = """
+state_dir = "{state}"
+
+[auth]
+enabled = false
+
 [server]
 host = "127.0.0.1"
 port = {port}
@@ -49,7 +54,7 @@ async def test_serve_under_each_server(server: str, tmp_path: Path) -> None:
     async with SimServer(SimConfig(models=(MODEL,)), port=0) as sim:
         port = free_port()
         config = tmp_path / "proxy.toml"
-        config.write_text(CONFIG.format(port=port, url=sim.url, model=MODEL))
+        config.write_text(CONFIG.format(port=port, url=sim.url, model=MODEL, state=tmp_path))
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "tera_proxy", "serve", "--config", str(config),
             "--server", server, stdout=asyncio.subprocess.DEVNULL,

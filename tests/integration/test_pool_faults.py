@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -44,7 +46,8 @@ async def pool_of(
                 SimServer(cfg, port=0, start_listening_after=late)))
         config = proxy_config([s.url for s in sims], **upstream)
         config = type(config)(**{**_fields(config), "health": _fast_health(config)})
-        app = create_app(config)
+        state = stack.enter_context(tempfile.TemporaryDirectory())
+        app = create_app(config, state_dir=Path(state))
         url = await stack.enter_async_context(serve_app(app))
         if cold is None:
             await wait_ready(app)
