@@ -5,7 +5,7 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CONFIG  ?= config/default.toml
 
-.PHONY: venv run run-sim test test-fast lint check-config clean
+.PHONY: venv run run-sim test test-fast lint check-config clean system-deps
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -22,11 +22,21 @@ run: venv
 run-sim: venv
 	$(BIN)/tera-proxy serve --config config/sim.toml
 
+## Servers the tenancy tests start themselves: redis-server and PostgreSQL (Debian).
+system-deps:
+	@if command -v redis-server >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; \
+	then :; elif [ "$$(id -u)" = 0 ]; then \
+		echo "installing redis-server and postgresql (Debian packages) for the tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			redis-server postgresql >/dev/null; \
+	else echo "the tests need redis-server and postgresql: sudo apt-get install redis-server postgresql"; \
+	fi
+
 ## The whole suite: unit, ASGI, end-to-end with the openai client.
-test: venv
+test: venv system-deps
 	$(BIN)/pytest -q -p no:cacheprovider
 
-test-fast: venv
+test-fast: venv system-deps
 	$(BIN)/pytest -q -p no:cacheprovider -m 'not vllm'
 
 lint: venv
