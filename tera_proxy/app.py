@@ -21,7 +21,7 @@ import aiohttp
 import orjson
 import structlog
 
-from tera_proxy.auth import authorize, visible_models
+from tera_proxy.auth import Principal, authorize, visible_models
 from tera_proxy.catalog import Catalog
 from tera_proxy.config import Config
 from tera_proxy.errors import (
@@ -34,11 +34,19 @@ from tera_proxy.errors import (
     ServerError,
 )
 from tera_proxy.health import HealthProber
-from tera_proxy.metrics import CONTENT_TYPE
-from tera_proxy.pool import Pool
-from tera_proxy.proxy import JSON_HEADERS, Exchange, Proxy, Receive, Send, start_response
+from tera_proxy.metrics import CONTENT_TYPE, ReplicaSample
+from tera_proxy.pool import Pool, ReplicaState
+from tera_proxy.proxy import (
+    JSON_HEADERS,
+    Exchange,
+    Outgoing,
+    Proxy,
+    Receive,
+    Send,
+    start_response,
+)
 from tera_proxy.sse import DONE_FRAME, data_frame
-from tera_proxy.tenancy import Outcome, Tenancy
+from tera_proxy.tenancy import Outcome, Tenancy, Ticket
 from tera_proxy.upstream import Upstream
 
 log = structlog.get_logger("tera_proxy")
@@ -94,6 +102,13 @@ class App:
         self._probe_session: aiohttp.ClientSession | None = None
         auth = config.auth
         self.admin_token = auth.admin_token or os.environ.get(auth.admin_token_env, "")
+        self.tenancy.metrics.watch_pool(
+            lambda: [
+                ReplicaSample(r.name, r.state.value, r.inflight)
+                for r in self.pool.replicas.values()
+            ],
+            [s.value for s in ReplicaState],
+        )
         self._routes: dict[str, dict[str, Handler]] = {
             "/v1/chat/completions": {"POST": self._chat},
             "/v1/completions": {"POST": self._completion},
@@ -151,18 +166,30 @@ class App:
         await self._generate(ex, scope, receive, "speech")
 
     async def _generate(self, ex: Exchange, scope: Scope, receive: Receive, kind: str) -> None:
-        principal = await self.tenancy.principal(scope["headers"])
-        raw = await read_request(receive, self.config.server.max_body_bytes)
-        out = self.proxy.prepare(kind, raw)
-        ticket = await self.tenancy.admit(principal, out.model, out.reserve)
-        ex.extra_headers = self.tenancy.headers(ticket)
+        """Auth, parse, admit, forward; every request ends with its log line and metrics,
+        and an admitted one also with its ledger row and its reservation settled."""
+        principal: Principal | None = None
+        out: Outgoing | None = None
+        ticket: Ticket | None = None
         try:
+            principal = await self.tenancy.principal(scope["headers"])
+            raw = await read_request(receive, self.config.server.max_body_bytes)
+            out = self.proxy.prepare(kind, raw)
+            ticket = await self.tenancy.admit(principal, out.model, out.reserve)
+            ex.extra_headers = self.tenancy.headers(ticket)
             await until_disconnect(ex, receive, self.proxy.forward(ex, out))
         except ProxyError as error:
             ex.status = error.status  # what the error boundary is about to send
             raise
+        except ClientGone:
+            ex.client_gone = True
+            raise
         finally:
-            await self.tenancy.settle(ticket, outcome(ex))
+            if ticket is not None:
+                await self.tenancy.settle(ticket, outcome(ex))
+            else:
+                model = out.model.id if out is not None else ""
+                self.tenancy.refused(principal, model, outcome(ex))
 
     # -- catalog and probes -------------------------------------------------------------
 

@@ -65,7 +65,7 @@ def run_serve(args: argparse.Namespace) -> int:
     host = args.host or config.server.host
     port = args.port or config.server.port
     state_dir = (Path(args.config).parent / config.state_dir).resolve()
-    app = create_app(config)
+    app = create_app(config, state_dir=state_dir)
     app.services.extend(services_for(config, app, state_dir))
     started = time.monotonic()
 

@@ -112,6 +112,25 @@ class Tenancy:
             await self.limiter.settle(ticket.admission, used)
         self._record(ticket, outcome)
 
+    def refused(self, principal: Principal | None, model_id: str, outcome: Outcome) -> None:
+        """A request turned away before admission (401, 400, 404, 413, 429...): nothing
+        to bill, but its id must still lead to a log line, and metrics count it."""
+        self.metrics.observe_request(
+            model_id,
+            outcome.status,
+            duration=outcome.duration,
+            client_disconnected=outcome.client_disconnected,
+        )
+        log.info(
+            "request",
+            request_id=outcome.request_id,
+            key_id=principal.key_id if principal is not None else "",
+            model=model_id,
+            status=outcome.status,
+            duration=round(outcome.duration, 6),
+            client_disconnected=outcome.client_disconnected,
+        )
+
     def _record(self, ticket: Ticket, outcome: Outcome) -> None:
         usage = outcome.usage or Usage(0, 0)
         model = ticket.model
