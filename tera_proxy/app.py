@@ -43,6 +43,7 @@ from tera_proxy.proxy import (
     Proxy,
     Receive,
     Send,
+    end_body,
     start_response,
 )
 from tera_proxy.sse import DONE_FRAME, data_frame
@@ -177,6 +178,8 @@ class App:
             out = self.proxy.prepare(kind, raw)
             ticket = await self.tenancy.admit(principal, out.model, out.reserve)
             ex.extra_headers = self.tenancy.headers(ticket)
+            admitted = ticket
+            ex.finishing = lambda: self.tenancy.settle(admitted, outcome(ex))
             await until_disconnect(ex, receive, self.proxy.forward(ex, out))
         except ProxyError as error:
             ex.status = error.status  # what the error boundary is about to send
@@ -374,8 +377,7 @@ async def send_error(ex: Exchange, error: ProxyError) -> None:
         if not ex.sse:
             raise RuntimeError("a non-SSE response broke after it started") from error
         # Headers are gone: the only place left for the error is the stream itself.
-        body = data_frame(error.body()) + DONE_FRAME
-        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+        await end_body(ex, data_frame(error.body()) + DONE_FRAME)
         return
     body = error.body()
     headers = [*JSON_HEADERS, (b"content-length", str(len(body)).encode()), *error.headers()]

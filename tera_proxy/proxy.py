@@ -84,6 +84,9 @@ class Exchange:
     # Sent with the response head (rate-limit headers); set before forwarding.
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     first_byte_at: float | None = None
+    # Awaited just before the last byte goes out (settles the key's limits), so a client
+    # that sends its next request at once never finds its own slot still taken.
+    finishing: Callable[[], Awaitable[None]] | None = None
     status: int = 0
 
 
@@ -245,7 +248,7 @@ class Proxy:
         content_type = resp.headers.get("Content-Type", "application/json").encode()
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await start_response(ex, 200, headers)
-        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+        await end_body(ex, body)
 
     async def _relay_raw(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
         """Binary bodies (speech) pass through unchanged, piece by piece."""
@@ -265,7 +268,7 @@ class Proxy:
             await body.aclose()
         if not ex.response_started:
             await start_response(ex, 200, [(b"content-type", content_type)])
-        await ex.send({"type": "http.response.body", "body": b"", "more_body": False})
+        await end_body(ex, b"")
 
     async def _relay_stream(
         self, ex: Exchange, out: Outgoing, resp: aiohttp.ClientResponse
@@ -305,11 +308,13 @@ class Proxy:
             out: list[bytes] = []
             for frame in splitter.feed(data):
                 if frame.startswith(ERROR_FRAME_PREFIX):
+                    ex.usage = rewriter.usage
                     await self._stream_error_frame(ex, out, frame)
                     return True
                 if frame.startswith(DONE_PREFIX):
                     out += [sse.data_frame(p) for p in rewriter.finish()]
                     out.append(frame)
+                    ex.usage = rewriter.usage
                     await self._send_frames(ex, out, more=False)
                     return True
                 _rewrite_frame(rewriter, frame, out)
@@ -321,7 +326,10 @@ class Proxy:
         if not ex.response_started:
             await start_sse(ex)
         data = frames[0] if len(frames) == 1 else b"".join(frames)
-        await ex.send({"type": "http.response.body", "body": data, "more_body": more})
+        if more:
+            await ex.send({"type": "http.response.body", "body": data, "more_body": True})
+        else:
+            await end_body(ex, data)
 
     async def _stream_error_frame(self, ex: Exchange, before: list[bytes], frame: bytes) -> None:
         """vLLM's own in-stream error: our shape, or a retry if nothing was sent yet."""
@@ -342,8 +350,7 @@ class Proxy:
         if not ex.response_started:
             await start_sse(ex)
         ex.status = error.status
-        body = sse.data_frame(error.body()) + sse.DONE_FRAME
-        await ex.send({"type": "http.response.body", "body": body, "more_body": False})
+        await end_body(ex, sse.data_frame(error.body()) + sse.DONE_FRAME)
 
 
 class _Retryable(Exception):
@@ -367,6 +374,14 @@ async def start_response(ex: Exchange, status: int, headers: list[tuple[bytes, b
     ex.first_byte_at = time.monotonic()
     head = [*headers, *ex.extra_headers, (b"x-tera-request-id", ex.request_id.encode())]
     await ex.send({"type": "http.response.start", "status": status, "headers": head})
+
+
+async def end_body(ex: Exchange, body: bytes) -> None:
+    """The last body message, after the exchange's `finishing` hook."""
+    if ex.finishing is not None:
+        hook, ex.finishing = ex.finishing, None
+        await hook()
+    await ex.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def start_sse(ex: Exchange) -> None:

@@ -60,8 +60,10 @@ async def asgi_call(
     path: str,
     body: bytes = b"",
     headers: list[tuple[bytes, bytes]] | None = None,
+    observe: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
 ) -> tuple[int, dict[bytes, bytes], bytes]:
-    """One request straight into the ASGI app, no network: (status, headers, body)."""
+    """One request straight into the ASGI app, no network: (status, headers, body).
+    `observe` sees each message the app sends, at the moment it sends it."""
     scope = {
         "type": "http",
         "asgi": {"version": "3.0"},
@@ -86,6 +88,8 @@ async def asgi_call(
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
+        if observe is not None:
+            await observe(message)
         sent.append(message)
 
     await app(scope, receive, send)

@@ -14,12 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 
 from tera_proxy.app import create_app
 from tera_proxy.keys import KeyLimits
+from tera_proxy.limits import MemoryLimiter
 from tera_proxy.rewrite.facts import estimate_prompt_tokens
-from tests.helpers import serve_app, wait_ready
+from tests.helpers import asgi_call, serve_app, wait_ready
 from tests.tenancy.e2e_support import (
     MODEL,
     USER,
@@ -107,6 +109,28 @@ async def test_finished_request_frees_its_concurrency_slot(slow: Tenant) -> None
     await slow.settled.wait(1)
     resp = await client.chat.completions.create(model=MODEL, messages=USER, max_tokens=4)
     assert resp.usage is not None
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+async def test_slot_is_free_before_the_last_byte(proxy: Tenant, stream: bool) -> None:
+    """The key's concurrency slot is released before the last body message is sent, so a
+    client that fires its next request the moment the response ends is never refused."""
+    key, _ = await proxy.new_key("seq", limits=KeyLimits(max_concurrency=1))
+    body = {"model": MODEL, "messages": USER, "max_tokens": 4, "stream": stream}
+    headers = [(b"authorization", f"Bearer {key.secret}".encode())]
+    inflight_at_end: list[int] = []
+    limiter = proxy.app.tenancy.limiter
+    assert isinstance(limiter, MemoryLimiter)
+
+    async def send(message: dict[str, Any]) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            inflight_at_end.append(limiter.inflight(key.record.id))
+
+    status, _, _ = await asgi_call(
+        proxy.app, "POST", "/v1/chat/completions", orjson.dumps(body), headers, send
+    )
+    assert status == 200
+    assert inflight_at_end == [0]
 
 
 async def test_requests_per_minute(proxy: Tenant) -> None:
