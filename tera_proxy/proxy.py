@@ -106,6 +106,8 @@ class Outgoing:
     facts: RequestFacts | None = None
     # Tokens the request may use at most (prompt estimate + max tokens), for admission.
     reserve: int = 0
+    # Replicas answer with the served name; the client gets the catalog id it asked for.
+    rename: tuple[bytes, bytes] | None = None
 
 
 class Proxy:
@@ -141,7 +143,10 @@ class Proxy:
         upstream_body = orjson.dumps(body)
         reserve = facts.prompt_estimate + (facts.max_tokens or model.max_output_tokens) * facts.n
         path = UPSTREAM_PATHS[kind]
-        return Outgoing(model, path, upstream_body, stream, False, affinity, facts, reserve)
+        rename = _rename(model)
+        return Outgoing(
+            model, path, upstream_body, stream, False, affinity, facts, reserve, rename
+        )
 
     def resolve(self, body: dict[str, Any]) -> ModelConfig:
         name = body.get("model")
@@ -244,6 +249,8 @@ class Proxy:
         except UpstreamError as exc:
             raise _Retryable(_unavailable(exc)) from exc
         if out.facts is not None:
+            if out.rename is not None:
+                body = body.replace(*out.rename, 1)
             body, ex.usage = rewrite_response(body, out.model.rewrite, out.facts)
         content_type = resp.headers.get("Content-Type", "application/json").encode()
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
@@ -278,7 +285,7 @@ class Proxy:
         rewriter = make_stream_rewriter(out.model.rewrite, out.facts)
         body = chunks(resp)
         try:
-            done = await self._relay_frames(ex, rewriter, body)
+            done = await self._relay_frames(ex, rewriter, body, out.rename)
         except UpstreamError as exc:
             if not ex.response_started:
                 raise _Retryable(_unavailable(exc)) from exc
@@ -297,7 +304,11 @@ class Proxy:
             await self._end_stream_with_error(ex, error)
 
     async def _relay_frames(
-        self, ex: Exchange, rewriter: StreamRewriter, body: AsyncIterator[bytes]
+        self,
+        ex: Exchange,
+        rewriter: StreamRewriter,
+        body: AsyncIterator[bytes],
+        rename: tuple[bytes, bytes] | None,
     ) -> bool:
         """True once the stream ended properly ([DONE] or an error frame passed on)."""
         splitter = sse.FrameSplitter()
@@ -317,7 +328,7 @@ class Proxy:
                     ex.usage = rewriter.usage
                     await self._send_frames(ex, out, more=False)
                     return True
-                _rewrite_frame(rewriter, frame, out)
+                _rewrite_frame(rewriter, frame, out, rename)
             if out:
                 await self._send_frames(ex, out, more=True)
         return False
@@ -408,12 +419,20 @@ def _default_max_tokens(body: dict[str, Any], model: ModelConfig) -> None:
         body["max_tokens"] = model.max_output_tokens
 
 
-def _rewrite_frame(rewriter: StreamRewriter, frame: bytes, out: list[bytes]) -> None:
-    """Append what `frame` becomes: itself (same bytes) unless the rewriter changed it."""
+def _rewrite_frame(
+    rewriter: StreamRewriter,
+    frame: bytes,
+    out: list[bytes],
+    rename: tuple[bytes, bytes] | None,
+) -> None:
+    """Append what `frame` becomes: itself (same bytes) unless something changed it."""
     data = sse.payload(frame)
     if data is None:
         out.append(frame)  # comments (keep-alives) pass as they are
         return
+    if rename is not None and rename[0] in data:
+        data = data.replace(*rename, 1)
+        frame = sse.data_frame(data)
     for payload in rewriter.feed(data):
         out.append(frame if payload is data else sse.data_frame(payload))
 
@@ -432,6 +451,13 @@ async def _finish(resp: aiohttp.ClientResponse, *, reuse: bool) -> None:
             resp.close()
             return
     resp.release()
+
+
+def _rename(model: ModelConfig) -> tuple[bytes, bytes] | None:
+    if model.upstream_name == model.id:
+        return None
+    served = b'"model":' + orjson.dumps(model.upstream_name)
+    return served, b'"model":' + orjson.dumps(model.id)
 
 
 def _is_sse(resp: aiohttp.ClientResponse) -> bool:

@@ -76,8 +76,7 @@ def config_for(url: str):  # type: ignore[no-untyped-def]
             "replicas": [{"name": "u", "url": url}],
             "models": [
                 {
-                    "id": "org/m",
-                    "served_name": "m",
+                    "id": "m",
                     "context_length": 4096,
                     "max_output_tokens": 256,
                     "input_price_per_million": 1.0,
@@ -92,7 +91,7 @@ def config_for(url: str):  # type: ignore[no-untyped-def]
 async def test_frames_forwarded_byte_for_byte_as_they_arrive(upstream, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """The first frame reaches the client before the upstream sends the rest, unchanged."""
     url, scripted = upstream
-    body = {"model": "org/m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
     app = create_app(config_for(url), state_dir=tmp_path)
     async with serve_app(app) as base, aiohttp.ClientSession() as s:
         async with s.post(f"{base}/v1/chat/completions", json=body) as resp:

@@ -130,3 +130,27 @@ async def test_usage_frame_only_when_asked() -> None:
             model=MODEL, messages=USER, max_tokens=20, stream=True)
         usages = [c.usage async for c in chunks if c.usage]
     assert usages == []
+
+
+async def test_client_sees_the_catalog_id_not_the_served_name(tmp_path: Path) -> None:
+    """A replica serving the model under another name answers with the catalog id."""
+    async with SimServer(SimConfig(models=("served-alias",)), port=0) as sim:
+        config = parse_config({
+            "replicas": [{"name": "r", "url": sim.url}],
+            "health": {"interval": 0.2},
+            "auth": {"enabled": False},
+            "models": [{"id": MODEL, "served_name": "served-alias", "context_length": 8192,
+                        "max_output_tokens": 1024, "input_price_per_million": 0.1,
+                        "output_price_per_million": 0.2, "replicas": ["r"]}],
+        })
+        app = create_app(config, state_dir=tmp_path)
+        async with serve_app(app) as url:
+            await wait_ready(app)
+            async with openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="x", max_retries=0) as c:
+                resp = await c.chat.completions.create(model=MODEL, messages=USER, max_tokens=8)
+                chunks = await c.chat.completions.create(
+                    model=MODEL, messages=USER, max_tokens=8, stream=True,
+                    stream_options={"include_usage": True})
+                models = {chunk.model async for chunk in chunks}
+    assert resp.model == MODEL
+    assert models == {MODEL}

@@ -263,11 +263,6 @@ async def test_models_lists_the_catalog(client: openai.AsyncOpenAI) -> None:
     assert "scripted" not in ids and "tiny" not in ids
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="proxy gap: responses still carry the worker's served name",
-)
 async def test_response_names_the_catalog_model(client: openai.AsyncOpenAI) -> None:
     """The client sees the model id it asked for, not the worker's served name."""
     resp = await client.chat.completions.create(model=SCRIPTED, messages=HI, max_tokens=20)
