@@ -314,6 +314,10 @@ class Proxy:
         splitter = sse.FrameSplitter()
         pool, replica = self.pool, ex.replica
         async for data in body:
+            # A replica that generates faster than we relay leaves data always buffered:
+            # neither its reads nor our writes would suspend, and the server task that
+            # notices a client leaving would never run. Yield once per upstream read.
+            await asyncio.sleep(0)
             if replica is not None:
                 pool.note_progress(replica)
             out: list[bytes] = []
