@@ -14,8 +14,8 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-## The proxy in front of its default pool (see README).
-run: venv
+## The proxy in front of its default pool: two real vLLM workers on CPU (see README).
+run: venv vllm-venv tiny-models
 	$(BIN)/tera-proxy serve --config $(CONFIG)
 
 ## The proxy in front of simulator workers only (no vLLM needed).
@@ -32,8 +32,11 @@ system-deps:
 	else echo "the tests need redis-server and postgresql: sudo apt-get install redis-server postgresql"; \
 	fi
 
-## The whole suite: unit, ASGI, end-to-end with the openai client.
+## The whole suite, the real-vLLM tier included. Without vLLM that tier skips and says how
+## to enable it, except under CI=true, where it fails.
 test: venv system-deps
+	@$(MAKE) --no-print-directory vllm-venv tiny-models || \
+		echo "make test: vLLM unavailable; the real-vLLM tier will skip (fail under CI=true)"
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-fast: venv system-deps
@@ -49,5 +52,5 @@ check-config: venv
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache var
 
--include mk/vllm.mk
+include mk/vllm.mk
 include mk/bench.mk

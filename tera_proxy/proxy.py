@@ -138,6 +138,11 @@ class Proxy:
             # Usage is always asked for, so accounting never guesses; the rewriter drops
             # the usage frame again when the client did not ask for it.
             body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        if model.rewrite.parse_tools == "hermes" and body.get("tool_choice") in (None, "auto"):
+            # A replica without --enable-auto-tool-choice refuses "auto", but still renders
+            # the tools into the prompt with "none"; the proxy extracts the calls itself.
+            if body.get("tools"):
+                body["tool_choice"] = "none"
         affinity = affinity_key(body)
         body["model"] = model.upstream_name
         upstream_body = orjson.dumps(body)

@@ -1,7 +1,7 @@
 """The real-vLLM tier: two vLLM CPU workers started once per session by the project's
 Supervisor, and the proxy in front of them on a real Hypercorn server.
 
-Workers and models come from config/vllm-cpu.toml, adapted for tests: free ports, a
+Workers and models come from config/default.toml, adapted for tests: free ports, a
 short temporary state dir (vLLM's unix socket paths must stay short), and two catalog
 entries the shipped config has no use for (a model both workers serve, for failover,
 and one whose served name no worker serves, for vLLM's own 404).
@@ -31,9 +31,9 @@ import pytest_asyncio
 
 from backends.supervisor import Supervisor, WorkerEvent
 from backends.vllm.launcher import REPO_ROOT, vllm_python
-from tera_proxy.config import Config, ReplicaConfig, WorkerConfig, load_config
+from tera_proxy.config import Config, ReplicaConfig, RewriteProfile, WorkerConfig, load_config
 
-CONFIG = REPO_ROOT / "config" / "vllm-cpu.toml"
+CONFIG = REPO_ROOT / "config" / "default.toml"
 MODELS = REPO_ROOT / "var" / "models"
 LOGS = REPO_ROOT / "var" / "logs" / "vllm-tier"
 TINY_SOURCES = (
@@ -52,6 +52,10 @@ NOT_SERVED = "tera/not-served"  # in the catalog, but no worker serves "nope"
 # The random model with room for 2000 output tokens (~2 s of generation on two cores),
 # so a disconnect test cannot pass or fail by racing the end of generation.
 TINY_LONG = "tera/tiny-long"
+# The scripted model on a worker started without reasoning or tool-call parsers (the
+# sidecar case): the proxy splits <think> and extracts hermes <tool_call> itself.
+BARE = "tera/tiny-scripted-bare"
+PARSER_FLAGS = {"--reasoning-parser": 1, "--tool-call-parser": 1, "--enable-auto-tool-choice": 0}
 
 
 @dataclass
@@ -130,7 +134,30 @@ def tier_workers(config: Config) -> tuple[WorkerConfig, ...]:
                 startup_timeout=START_LIMIT,
             )
         )
-    return tuple(workers)
+    return (*workers, bare_worker(workers[0]))
+
+
+def bare_worker(scripted: WorkerConfig) -> WorkerConfig:
+    """The scripted worker again, without any parser flag."""
+    args: list[str] = []
+    skip = 0
+    for arg in scripted.args:
+        if skip:
+            skip -= 1
+        elif arg in PARSER_FLAGS:
+            skip = PARSER_FLAGS[arg]
+        else:
+            args.append(arg)
+    at = args.index("--served-model-name")
+    args[at + 1 : at + 3] = ["scripted-bare"]  # no "any" alias: nothing fails over here
+    return dataclasses.replace(
+        scripted,
+        name="vllm-bare",
+        port=free_port(),
+        served_name="scripted-bare",
+        args=tuple(args),
+        log=str(LOGS / "vllm-bare.log"),
+    )
 
 
 def fresh_logs(workers: tuple[WorkerConfig, ...]) -> None:
@@ -142,13 +169,20 @@ def fresh_logs(workers: tuple[WorkerConfig, ...]) -> None:
 
 def proxy_config(config: Config, workers: tuple[WorkerConfig, ...]) -> Config:
     """The proxy sees the workers as plain replicas: the tier owns their processes."""
-    names = tuple(w.name for w in workers)
+    names = tuple(w.name for w in workers if w.name != "vllm-bare")
     base = config.models[0]
     tiny = next(m for m in config.models if m.id == TINY)
     extra = (
         dataclasses.replace(base, id=ANY, served_name="any", replicas=names),
         dataclasses.replace(base, id=NOT_SERVED, served_name="nope", replicas=names[-1:]),
         dataclasses.replace(tiny, id=TINY_LONG, max_output_tokens=2000),
+        dataclasses.replace(
+            base,
+            id=BARE,
+            served_name="scripted-bare",
+            replicas=("vllm-bare",),
+            rewrite=RewriteProfile(parse_reasoning="think", parse_tools="hermes"),
+        ),
     )
     replicas = tuple(ReplicaConfig(w.name, f"http://127.0.0.1:{w.port}") for w in workers)
     upstream = dataclasses.replace(config.upstream, read_timeout=30.0, retry_deadline=20.0)
@@ -205,7 +239,7 @@ async def proxy(vllm_pool: VllmPool, state_dir: Path) -> AsyncIterator[Proxy]:
 
     app = create_app(vllm_pool.config, state_dir=state_dir / "proxy")
     async with serve_app(app) as url:
-        await wait_routable(app, (SCRIPTED, TINY, ANY, TINY_LONG))
+        await wait_routable(app, (SCRIPTED, TINY, ANY, TINY_LONG, BARE))
         key = await app.tenancy.keys.create("vllm-tier")
         yield Proxy(url, key.secret)
 
