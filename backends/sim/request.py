@@ -151,8 +151,12 @@ def _tool_call(body: dict[str, Any], config: SimConfig) -> ToolCall | None:
         and isinstance(t["function"].get("name"), str)
     ]
     choice = body.get("tool_choice", "auto" if tools else "none")
-    if not tools or choice == "none":
+    if not tools:
         return None
+    if choice == "none":
+        # The model still sees the tools in its prompt and calls one; a server without a
+        # tool parser returns that call as text, one with a parser is told not to parse.
+        return None if config.parsers else _call(tools[0], ToolMode.AUTO)
     if choice == "auto":
         if not config.auto_tool_choice:
             raise bad_request(
