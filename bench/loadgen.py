@@ -3,11 +3,13 @@
     python -m bench.loadgen --url http://127.0.0.1:8080/v1 --model M \\
         [--endpoint chat|completions] [--stream] \\
         [--concurrency 32 | --rate 50]  (a comma list sweeps: --concurrency 1,8,32) \\
-        [--requests 1000] [--duration 30] [--warmup 20] \\
+        [--requests 1000] [--duration 30] [--warmup 20] [--ramp 2] \\
         [--prompt-tokens uniform:64:256] [--output-tokens normal:128:32:1:512] \\
         [--json out.json] [--markdown out.md] [--plots DIR] [--progress]
 
-Closed loop: `--concurrency N` workers, each sending its next request when the last ends.
+Closed loop: `--concurrency N` workers, each sending its next request when the last ends
+(`--ramp S` spreads their first requests over S seconds, so equal-length requests do not
+start together).
 Open loop: `--rate R` requests/s with Poisson arrivals (seeded), at most `--max-inflight`
 outstanding (arrivals beyond it are counted as `client_saturated`, not sent late).
 Every loop is bounded by `--requests` and `--duration`; requests still running at the end
@@ -80,6 +82,9 @@ class LoadConfig:
     extra_body: dict[str, Any] = field(default_factory=dict)
     api_key: str | None = None
     timeout: float = 300.0
+    # Closed loop: worker i sends its first request i * ramp / concurrency seconds in, so
+    # equal-length requests do not all start (and restart) together.
+    ramp: float = 0.0
     seed: int = 0
     progress: bool = False
     keep_samples: bool = False
@@ -271,8 +276,11 @@ async def _closed(
     assert cfg.concurrency
     budget = cfg.requests
 
-    async def worker() -> None:
+    async def worker(i: int) -> None:
         nonlocal budget
+        if cfg.ramp > 0 and i:
+            left = max(0.0, deadline - time.perf_counter())
+            await asyncio.sleep(min(i * cfg.ramp / cfg.concurrency, left))
         while budget > 0 and time.perf_counter() < deadline:
             budget -= 1
             body, _ = maker.next()
@@ -280,7 +288,7 @@ async def _closed(
             sample, gaps = await client.one(body)
             rec.add(sample, gaps)
 
-    await asyncio.gather(*(worker() for _ in range(cfg.concurrency)))
+    await asyncio.gather(*(worker(i) for i in range(cfg.concurrency)))
 
 
 async def _open(
@@ -329,6 +337,7 @@ async def run_load(cfg: LoadConfig) -> dict[str, Any]:
                     **cfg.__dict__,
                     "requests": cfg.warmup,
                     "rate": None,
+                    "ramp": 0.0,
                     "concurrency": min(cfg.warmup, limit),
                     "duration": max(cfg.duration, 30),
                 }
@@ -434,6 +443,7 @@ def result_of(cfg: LoadConfig, rec: Recorder, wall: float, cpu: float) -> dict[s
             "requests": cfg.requests,
             "duration": cfg.duration,
             "warmup": cfg.warmup,
+            "ramp": cfg.ramp,
             "prompt_tokens": str(cfg.prompt_tokens),
             "output_tokens": str(cfg.output_tokens),
             "seed": cfg.seed,
@@ -603,6 +613,12 @@ def parse_args(
     ap.add_argument("--extra-body", default="{}", help="JSON merged into every request body")
     ap.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"))
     ap.add_argument("--timeout", type=float, default=300.0, help="per-request total timeout (s)")
+    ap.add_argument(
+        "--ramp",
+        type=float,
+        default=0.0,
+        help="closed loop: spread the workers' first requests over this many seconds",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--progress", action="store_true", help="progress bar even when stderr is no TTY"
@@ -653,6 +669,7 @@ def parse_args(
         extra_body=extra,
         api_key=a.api_key,
         timeout=a.timeout,
+        ramp=a.ramp,
         seed=a.seed,
         progress=progress,
         keep_samples=a.samples or bool(a.plots),

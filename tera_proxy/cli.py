@@ -19,6 +19,10 @@ from tera_proxy.health import describe_change
 from tera_proxy.pool import Replica, ReplicaState
 
 
+# Room for a burst of new connections (1,000 streams opened at once) in the kernel queue.
+LISTEN_BACKLOG = 2048
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tera-proxy")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +115,7 @@ async def serve_hypercorn(app: App, host: str, port: int, config: Config) -> Non
 
     hc = HypercornConfig()
     hc.bind = [f"{host}:{port}"]
+    hc.backlog = LISTEN_BACKLOG
     hc.graceful_timeout = config.server.graceful_timeout
     hc.accesslog = None
     hc.errorlog = "-"
@@ -132,6 +137,7 @@ async def serve_uvicorn(app: App, host: str, port: int, config: Config) -> None:
             lifespan="on",
             access_log=False,
             log_level="warning",
+            backlog=LISTEN_BACKLOG,
             timeout_graceful_shutdown=int(config.server.graceful_timeout),
         )
     )
@@ -149,7 +155,14 @@ async def serve_granian(app: App, host: str, port: int, config: Config) -> None:
     from granian.constants import Interfaces
     from granian.server.embed import Server
 
-    server = Server(app, address=host, port=port, interface=Interfaces.ASGI, log_access=False)
+    server = Server(
+        app,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        log_access=False,
+        backlog=LISTEN_BACKLOG,  # granian's 128 stalls connection bursts for seconds
+    )
     stop = _stop_on_signals()
     _announce(host, port, "granian")
     serving = asyncio.ensure_future(server.serve())

@@ -137,3 +137,14 @@ def test_duration_bounds_the_run(mock_url: str) -> None:
     r = _run(cfg)
     assert r["wall_s"] < 1.5
     assert r["errors"].get("cancelled_at_end", 0) == 4
+
+
+def test_ramp_spreads_the_first_requests(mock_url: str) -> None:
+    # 4 workers, one request each, started 0, 0.15, 0.3 and 0.45 s in.
+    cfg = LoadConfig(
+        url=mock_url + "/v1", model="m", concurrency=4, requests=4, duration=5, ramp=0.6
+    )
+    r = _run(cfg)
+    assert r["requests_ok"] == 4 and r["config"]["ramp"] == 0.6
+    assert 0.44 <= r["wall_s"] < 2.0
+    assert r["latency_ms"]["max"] < 100  # nobody waited for the others: spread, not queued
