@@ -18,7 +18,6 @@ from tera_proxy.config import Config, ConfigError, load_config
 from tera_proxy.health import describe_change
 from tera_proxy.pool import Replica, ReplicaState
 
-
 # Room for a burst of new connections (1,000 streams opened at once) in the kernel queue.
 LISTEN_BACKLOG = 2048
 
