@@ -239,7 +239,7 @@ def _usage_cells(t: UsageTotal, names: Mapping[str, str]) -> tuple[str, ...]:
         str(t.prompt_tokens),
         str(t.completion_tokens),
         str(t.reasoning_tokens),
-        str(t.cost_usd.quantize(_COST_PLACES, ROUND_HALF_EVEN)),
+        format(t.cost_usd.quantize(_COST_PLACES, ROUND_HALF_EVEN), "f"),
     )
 
 

@@ -120,6 +120,10 @@ class App:
             "/ready": {"GET": self._ready},
         }
         self._model_route: dict[str, Handler] = {"GET": self._model}
+        # Imported here, not at the top: admin.py builds on this module's helpers.
+        from tera_proxy.admin import AdminApi
+
+        self.admin = AdminApi(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -147,6 +151,8 @@ class App:
         methods = self._routes.get(path)
         if methods is None and path.startswith("/v1/models/") and len(path) > 11:
             methods = self._model_route
+        if methods is None and path.startswith("/admin/"):
+            return self.admin.handle
         if methods is None:
             raise _not_found(path)
         handler = methods.get("GET" if method == "HEAD" else method)
@@ -307,8 +313,11 @@ def outcome(ex: Exchange) -> Outcome:
 def admin_token_matches(headers: list[tuple[bytes, bytes]], token: str) -> bool:
     for name, value in headers:
         if name == b"authorization":
-            scheme, _, given = bytes(value).decode("latin-1").partition(" ")
-            return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+            scheme, _, given = bytes(value).partition(b" ")
+            # Bytes: compare_digest raises on non-ASCII str, a 500 instead of a 401.
+            return scheme.lower() == b"bearer" and hmac.compare_digest(
+                given.strip(), token.encode()
+            )
     return False
 
 

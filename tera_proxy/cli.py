@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
-from tera_proxy import logs
+from tera_proxy import cli_tenancy, logs
 from tera_proxy.app import App, Service, create_app
 from tera_proxy.config import Config, ConfigError, load_config
 from tera_proxy.health import describe_change
@@ -39,7 +39,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("file")
+    cli_tenancy.add_commands(sub)
     args = parser.parse_args(argv)
+    if args.command in cli_tenancy.COMMANDS:
+        return cli_tenancy.run(args)
     if args.command == "check-config":
         return check_config(args.file)
     return run_serve(args)

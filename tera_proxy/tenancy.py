@@ -177,7 +177,7 @@ class Tenancy:
             attempts=outcome.attempts,
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
-            cost_usd=str(cost),
+            cost_usd=format(cost, "f"),
             ttft=outcome.ttft,
             duration=round(outcome.duration, 6),
             client_disconnected=outcome.client_disconnected,
