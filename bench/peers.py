@@ -234,6 +234,13 @@ def _installed(step: str) -> tuple[bool, str]:
     ] else f"install failed: {status.get('detail', '')}"
 
 
+# kind -> (argv head under PEERS, log level word)
+ROUTERS: dict[str, tuple[tuple[str, ...], str]] = {
+    "vllm-router": (("vllm-router/bin/vllm-router",), "warning"),
+    "sglang-router": (("sglang-router/bin/python", "-m", "sglang_router.launch_router"), "warn"),
+}
+
+
 def command_for(
     t: Target, mock_url: str, run_dir: Path, a: argparse.Namespace
 ) -> tuple[list[str], dict[str, str]] | str:
@@ -260,14 +267,16 @@ def command_for(
         (d / "nginx.conf").write_text(conf)
         t.version = subprocess.run([exe, "-v"], capture_output=True, text=True).stderr.strip()
         return [exe, "-p", str(d), "-c", str(d / "nginx.conf")], {}
-    if t.kind == "vllm-router":
-        exe = PEERS / "vllm-router/bin/vllm-router"
-        ok, why = _installed("vllm-router")
-        if not (ok and exe.exists()):
+    if t.kind in ROUTERS:
+        head, log_level = ROUTERS[t.kind]
+        ok, why = _installed(t.kind)
+        if not (ok and (PEERS / head[0]).exists()):
             return why
         t.version = why
+        # The two Rust routers share their command line: one worker, round robin.
         return [
-            str(exe),
+            str(PEERS / head[0]),
+            *head[1:],
             "--host",
             HOST,
             "--port",
@@ -277,30 +286,7 @@ def command_for(
             "--policy",
             "round_robin",
             "--log-level",
-            "warning",
-            "--prometheus-port",
-            str(proc.free_port()),
-        ], {}
-    if t.kind == "sglang-router":
-        py = PEERS / "sglang-router/bin/python"
-        ok, why = _installed("sglang-router")
-        if not (ok and py.exists()):
-            return why
-        t.version = why
-        return [
-            str(py),
-            "-m",
-            "sglang_router.launch_router",
-            "--host",
-            HOST,
-            "--port",
-            str(t.port),
-            "--worker-urls",
-            mock_url,
-            "--policy",
-            "round_robin",
-            "--log-level",
-            "warn",
+            log_level,
             "--prometheus-port",
             str(proc.free_port()),
         ], {}
