@@ -12,11 +12,15 @@ from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from tera_proxy import cli_tenancy, logs
 from tera_proxy.app import App, Service, create_app
 from tera_proxy.config import Config, ConfigError, load_config
 from tera_proxy.health import describe_change
 from tera_proxy.pool import Replica, ReplicaState
+
+log = structlog.get_logger("tera_proxy.workers")
 
 # Room for a burst of new connections (1,000 streams opened at once) in the kernel queue.
 LISTEN_BACKLOG = 2048
@@ -95,7 +99,19 @@ def services_for(config: Config, app: App, state_dir: Path) -> list[Service]:
     if config.workers:
         from backends.supervisor import Supervisor  # type: ignore[import-not-found,unused-ignore]
 
-        services.append(Supervisor(config.workers, state_dir))
+        def report(event: Any) -> None:
+            # Crashes and restarts belong in the proxy's own log, beside the state lines.
+            log.info(
+                "worker",
+                worker=event.worker,
+                what=event.kind.value,
+                pid=event.pid,
+                returncode=event.returncode,
+                restart_in=event.delay,
+                detail=event.detail,
+            )
+
+        services.append(Supervisor(config.workers, state_dir, report))
     return services
 
 
