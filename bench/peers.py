@@ -723,35 +723,20 @@ def per_round_metrics(rows: list[dict[str, Any]], target: str) -> dict[str, list
     def us(ms: float | None) -> float | None:
         return None if ms is None else ms * 1000
 
+    def added(rnd: int, scenario: str, metric: str, pct: str) -> float | None:
+        """The target's figure minus direct's, in the same round and scenario."""
+        mine = get(rnd, scenario, target, "load", metric, pct)
+        return diff(mine, get(rnd, scenario, "direct", "load", metric, pct))
+
     for rnd in rounds:
         out["cpu_us_per_req"].append(us(get(rnd, "rate", target, "proxy_cpu_ms_per_request")))
-        out["added_p50_ms"].append(
-            diff(
-                get(rnd, "rate", target, "load", "latency_ms", "p50"),
-                get(rnd, "rate", "direct", "load", "latency_ms", "p50"),
-            )
-        )
-        out["added_p99_ms"].append(
-            diff(
-                get(rnd, "rate", target, "load", "latency_ms", "p99"),
-                get(rnd, "rate", "direct", "load", "latency_ms", "p99"),
-            )
-        )
+        out["added_p50_ms"].append(added(rnd, "rate", "latency_ms", "p50"))
+        out["added_p99_ms"].append(added(rnd, "rate", "latency_ms", "p99"))
         out["max_rps"].append(get(rnd, "max", target, "load", "requests_per_s"))
         out["cpu_us_per_req_max"].append(us(get(rnd, "max", target, "proxy_cpu_ms_per_request")))
         out["cpu_us_per_chunk"].append(get(rnd, "stream", target, "proxy_cpu_us_per_chunk"))
-        out["added_ttft_p50_ms"].append(
-            diff(
-                get(rnd, "stream", target, "load", "ttft_ms", "p50"),
-                get(rnd, "stream", "direct", "load", "ttft_ms", "p50"),
-            )
-        )
-        out["added_ttft_p99_ms"].append(
-            diff(
-                get(rnd, "stream", target, "load", "ttft_ms", "p99"),
-                get(rnd, "stream", "direct", "load", "ttft_ms", "p99"),
-            )
-        )
+        out["added_ttft_p50_ms"].append(added(rnd, "stream", "ttft_ms", "p50"))
+        out["added_ttft_p99_ms"].append(added(rnd, "stream", "ttft_ms", "p99"))
         out["itl_p99_ms"].append(get(rnd, "stream", target, "load", "itl_ms", "p99"))
         p99 = get(rnd, "open", target, "load", "latency_ms", "p99")
         out["open_p99_s"].append(None if p99 is None else p99 / 1000)
