@@ -116,6 +116,8 @@ class Proxy:
         self.catalog = catalog
         self.pool = pool
         self.upstream = upstream
+        # Fixed per model: computed once, not per request.
+        self._renames = {m.id: _rename(m) for m in config.models}
 
     def prepare(self, kind: str, raw: bytes) -> Outgoing:
         body = parse_json(raw)
@@ -148,7 +150,7 @@ class Proxy:
         upstream_body = orjson.dumps(body)
         reserve = facts.prompt_estimate + (facts.max_tokens or model.max_output_tokens) * facts.n
         path = UPSTREAM_PATHS[kind]
-        rename = _rename(model)
+        rename = self._renames[model.id]
         return Outgoing(
             model, path, upstream_body, stream, False, affinity, facts, reserve, rename
         )
