@@ -17,7 +17,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
 import orjson
 
 from tera_proxy import sse, validate
@@ -45,6 +44,7 @@ from tera_proxy.routing import affinity_key
 from tera_proxy.upstream import (
     MAX_ERROR_BODY,
     ConnectFailed,
+    Response,
     Upstream,
     UpstreamError,
     chunks,
@@ -88,6 +88,8 @@ class Exchange:
     # that sends its next request at once never finds its own slot still taken.
     finishing: Callable[[], Awaitable[None]] | None = None
     status: int = 0
+    # The last byte is on its way: a disconnect from now on is the response's own end.
+    complete: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -212,7 +214,7 @@ class Proxy:
         """One replica, one try. Only the replica's own faults count against its health:
         refused, reset, timeouts, 5xx, a broken stream; not a 4xx, not a client leaving."""
         ex.replica, ex.broken = replica, False
-        resp: aiohttp.ClientResponse | None = None
+        resp: Response | None = None
         failed = True
         try:
             resp = await self._post(ex, out, replica)
@@ -233,14 +235,14 @@ class Proxy:
                 await _finish(resp, reuse=not (failed or ex.client_gone))
             self.pool.release(replica, failed=failed and not ex.client_gone)
 
-    async def _post(self, ex: Exchange, out: Outgoing, replica: Replica) -> aiohttp.ClientResponse:
+    async def _post(self, ex: Exchange, out: Outgoing, replica: Replica) -> Response:
         upstream_id = f"{ex.upstream_id}-{ex.attempts}"
         try:
             return await self.upstream.post(replica, out.path, out.body, upstream_id)
         except UpstreamError as exc:
             raise _Retryable(_unavailable(exc)) from exc
 
-    async def _upstream_error(self, resp: aiohttp.ClientResponse) -> None:
+    async def _upstream_error(self, resp: Response) -> None:
         try:
             body = await read_body(resp, MAX_ERROR_BODY)
         except UpstreamError as exc:
@@ -250,7 +252,7 @@ class Proxy:
             raise _Retryable(error)
         raise error
 
-    async def _relay_body(self, ex: Exchange, out: Outgoing, resp: aiohttp.ClientResponse) -> None:
+    async def _relay_body(self, ex: Exchange, out: Outgoing, resp: Response) -> None:
         try:
             body = await read_body(resp)
         except UpstreamError as exc:
@@ -259,14 +261,14 @@ class Proxy:
             if out.rename is not None:
                 body = body.replace(*out.rename, 1)
             body, ex.usage = rewrite_response(body, out.model.rewrite, out.facts)
-        content_type = resp.headers.get("Content-Type", "application/json").encode()
+        content_type = (resp.content_type or "application/json").encode()
         headers = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
         await start_response(ex, 200, headers)
         await end_body(ex, body)
 
-    async def _relay_raw(self, ex: Exchange, resp: aiohttp.ClientResponse) -> None:
+    async def _relay_raw(self, ex: Exchange, resp: Response) -> None:
         """Binary bodies (speech) pass through unchanged, piece by piece."""
-        content_type = resp.headers.get("Content-Type", "application/octet-stream").encode()
+        content_type = (resp.content_type or "application/octet-stream").encode()
         body = chunks(resp)
         try:
             async for data in body:
@@ -285,7 +287,7 @@ class Proxy:
         await end_body(ex, b"")
 
     async def _relay_stream(
-        self, ex: Exchange, out: Outgoing, resp: aiohttp.ClientResponse
+        self, ex: Exchange, out: Outgoing, resp: Response
     ) -> None:
         """Forward whole SSE frames as they arrive; byte for byte unless rewritten."""
         assert out.facts is not None
@@ -403,6 +405,7 @@ async def end_body(ex: Exchange, body: bytes) -> None:
     if ex.finishing is not None:
         hook, ex.finishing = ex.finishing, None
         await hook()
+    ex.complete = True
     await ex.send({"type": "http.response.body", "body": body, "more_body": False})
 
 
@@ -448,17 +451,18 @@ def _rewrite_frame(
         out.append(frame if payload is data else sse.data_frame(payload))
 
 
-async def _finish(resp: aiohttp.ClientResponse, *, reuse: bool) -> None:
+async def _finish(resp: Response, *, reuse: bool) -> None:
     """Give the connection back for reuse, or close it (which makes vLLM abort)."""
     if not reuse:
         resp.close()
         return
-    if not resp.content.is_eof():
+    if not resp.eof:
         # After [DONE] only the chunked terminator is left; wait briefly so the
         # keep-alive connection can be reused instead of reopened.
         try:
-            await asyncio.wait_for(resp.content.read(), DRAIN_TIMEOUT)
-        except (TimeoutError, aiohttp.ClientError):
+            async with asyncio.timeout(DRAIN_TIMEOUT):
+                await resp.read()
+        except (TimeoutError, UpstreamError):
             resp.close()
             return
     resp.release()
@@ -471,8 +475,8 @@ def _rename(model: ModelConfig) -> tuple[bytes, bytes] | None:
     return served, b'"model":' + orjson.dumps(model.id)
 
 
-def _is_sse(resp: aiohttp.ClientResponse) -> bool:
-    return resp.headers.get("Content-Type", "").startswith("text/event-stream")
+def _is_sse(resp: Response) -> bool:
+    return resp.content_type.startswith("text/event-stream")
 
 
 def _unavailable(exc: UpstreamError) -> ProxyError:
