@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -73,6 +74,8 @@ NOT_OFFERED = (
     "/v1/audio/transcriptions",
     "/v1/audio/translations",
 )
+# Seconds before a request starts watching for its client leaving (see until_disconnect).
+WATCH_AFTER = 0.05
 OFFERED = "/v1/chat/completions, /v1/completions, /v1/models and /v1/audio/speech"
 
 
@@ -135,7 +138,7 @@ class App:
     # -- the per-request frame -------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        ex = Exchange(request_id(scope), os.urandom(8).hex(), send)
+        ex = Exchange(request_id(scope), f"{random.getrandbits(64):016x}", send)
         try:
             handler = self._route(scope["method"], scope["path"])
             await handler(ex, scope, receive)
@@ -331,7 +334,9 @@ def request_id(scope: Scope) -> str:
             if REQUEST_ID_RE.match(value):
                 return bytes(value).decode()
             break
-    return "req_" + os.urandom(12).hex()
+    # Not a counter (ids would tell customers the request volume), not os.urandom (a
+    # syscall per request): the stdlib generator, seeded from os.urandom at start.
+    return f"req_{random.getrandbits(96):024x}"
 
 
 async def read_request(receive: Receive, limit: int) -> bytes:
@@ -351,26 +356,49 @@ async def read_request(receive: Receive, limit: int) -> bytes:
 
 
 async def until_disconnect(ex: Exchange, receive: Receive, work: Awaitable[None]) -> None:
-    """Run `work`; if the client disconnects first, cancel it (closing the upstream)."""
+    """Run `work`; if the client disconnects first, cancel it (closing the upstream).
+
+    The watch starts WATCH_AFTER seconds in: most requests are over by then and never
+    pay for a second task, and a client that left sooner is noticed that much later
+    (the replica generates for at most WATCH_AFTER more seconds).
+    """
     task = asyncio.current_task()
     assert task is not None
-    watcher = asyncio.ensure_future(_watch(ex, receive, task))
+    watch = _Watch(ex, receive, task)
+    timer = asyncio.get_running_loop().call_later(WATCH_AFTER, watch.start)
     try:
         await work
     except asyncio.CancelledError:
         if not ex.client_gone or task.uncancel() > 0:
             raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        watch.stop()
 
 
-async def _watch(ex: Exchange, receive: Receive, task: asyncio.Task[Any]) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            ex.client_gone = True
-            task.cancel()
-            return
+class _Watch:
+    __slots__ = ("ex", "receive", "task", "watcher")
+
+    def __init__(self, ex: Exchange, receive: Receive, task: asyncio.Task[Any]) -> None:
+        self.ex, self.receive, self.task = ex, receive, task
+        self.watcher: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.watcher = asyncio.ensure_future(self._run())
+
+    def stop(self) -> None:
+        if self.watcher is not None:
+            self.watcher.cancel()
+
+    async def _run(self) -> None:
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                if self.ex.complete:
+                    return  # servers report the end of a sent response as a disconnect
+                self.ex.client_gone = True
+                self.task.cancel()
+                return
 
 
 async def send_json(ex: Exchange, status: int, body: bytes) -> None:
@@ -399,5 +427,3 @@ def _not_found(path: str) -> ProxyError:
         if path == prefix or path.startswith(prefix + "/"):
             return EndpointNotFound(f"`{prefix}` is not offered by this API. It serves {OFFERED}.")
     return EndpointNotFound(f"Unknown endpoint `{path}`. This API serves {OFFERED}.")
-
-

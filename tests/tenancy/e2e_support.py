@@ -109,12 +109,16 @@ class SettleWatch:
         original = app.tenancy.settle
 
         async def settle(ticket: Ticket, outcome: Outcome) -> None:
+            # A request may call settle twice (before its last byte, then in a `finally`);
+            # only the first call settles it.
+            first = not ticket.settled
             try:
                 await original(ticket, outcome)
             finally:
-                self.count += 1
-                async with self._changed:
-                    self._changed.notify_all()
+                if first:
+                    self.count += 1
+                    async with self._changed:
+                        self._changed.notify_all()
 
         app.tenancy.settle = settle
 
