@@ -765,7 +765,8 @@ def tera_features(t: Target) -> dict[str, Any]:
     lines = 0
     with contextlib.suppress(OSError), t.log.open("rb") as fh:
         while block := fh.read(1 << 20):
-            lines += block.count(b'"event": "request"')
+            # Compact (orjson) or spaced JSON alike.
+            lines += block.count(b'"event":"request"') + block.count(b'"event": "request"')
     out["log_lines"] = lines
     db = (t.state_dir / "tera.db") if t.state_dir else None
     out["ledger_rows"] = None
