@@ -72,6 +72,7 @@ class Response:
         "_name",
         "_paused",
         "_timeout",
+        "_unbounded",
         "_waiter",
         "content_type",
         "eof",
@@ -92,6 +93,8 @@ class Response:
         self._error: UpstreamError | None = None
         self._buffered = 0
         self._paused = False
+        # read() collects the whole body anyway: no pausing while it does.
+        self._unbounded = False
         self._chunked = False
         self._has_length = False
         self.parser = httptools.HttpResponseParser(self)
@@ -124,7 +127,7 @@ class Response:
     def on_body(self, body: bytes) -> None:
         self.pieces.append(body)
         self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._paused:
+        if self._buffered > HIGH_WATER and not self._paused and not self._unbounded:
             self._paused = True
             self._conn.pause()
         self._wake()
@@ -203,6 +206,10 @@ class Response:
 
     async def read(self, limit: int | None = None) -> bytes:
         """The body to its end, or its first `limit` bytes."""
+        self._unbounded = True
+        if self._paused:
+            self._paused = False
+            self._conn.resume()
         while not self.eof and (limit is None or self._buffered < limit):
             if self._error is not None:
                 raise self._error
@@ -393,9 +400,12 @@ class Upstream:
             self._waiting.append(waiter)
             try:
                 await waiter
-            finally:
-                if waiter in self._waiting:
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_next()  # woken, then cancelled: the next in line goes
+                elif waiter in self._waiting:
                     self._waiting.remove(waiter)
+                raise
         self._busy += 1
 
     def _unbusy(self, conn: _Connection) -> None:
@@ -405,7 +415,10 @@ class Upstream:
 
     def _slot_free(self) -> None:
         self._busy -= 1
-        while self._waiting:
+        self._wake_next()
+
+    def _wake_next(self) -> None:
+        while self._waiting and self._busy < self.config.max_connections:
             waiter = self._waiting.popleft()
             if not waiter.done():
                 waiter.set_result(None)
