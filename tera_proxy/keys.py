@@ -15,6 +15,7 @@ effect everywhere within `refresh_interval` plus one query.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import hmac
 import os
 import re
@@ -181,6 +182,8 @@ class KeyStore:
     ) -> None:
         self._backend = backend
         self._secret = secret
+        # The HMAC keyed once; each lookup copies it (half the cost of hmac.digest).
+        self._hmac = hmac.new(secret, digestmod=hashlib.sha256)
         self._interval = refresh_interval
         self._clock = clock
         self._wall = wall
@@ -241,7 +244,9 @@ class KeyStore:
             return None
         if self._clock() >= self._due:
             await self._refresh_once()
-        digest = key_digest(self._secret, secret)
+        h = self._hmac.copy()
+        h.update(secret.encode())
+        digest = h.digest()
         entry = self._cache.get(digest[:INDEX_BYTES])
         if entry is None or not hmac.compare_digest(entry[0], digest):
             return None

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
+from collections.abc import MutableMapping
+from typing import Any
 
 import orjson
 import structlog
@@ -22,9 +25,8 @@ def configure(level: str = "info", *, json: bool | None = None) -> None:
     )
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -46,3 +48,17 @@ def _dumps(event: object, **_: object) -> bytes:
 
 def _dumps_str(event: object, **_: object) -> str:
     return orjson.dumps(event, default=str).decode()
+
+
+_second: list[Any] = [-1, ""]
+
+
+def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog's ISO UTC stamp (2026-01-31T12:00:00.123456Z) with the date and time
+    formatted once per second instead of once per line."""
+    now = time.time()
+    second = int(now)
+    if second != _second[0]:
+        _second[0], _second[1] = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    event["timestamp"] = f"{_second[1]}.{int((now - second) * 1e6):06d}Z"
+    return event

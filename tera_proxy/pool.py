@@ -234,7 +234,13 @@ class Pool:
     ) -> Replica:
         now = self._clock()
         self._readmit(model.id, now)
-        name = pick(self.snapshot(model.id, now), RouteRequest(affinity, exclude, self.epsilon))
+        serving = self.serving(model.id)
+        if len(serving) == 1:
+            # One replica: what `pick` would decide, without building its views.
+            only = serving[0]
+            name = only.name if _takes(only, model.id) and only.name not in exclude else None
+        else:
+            name = pick(self.snapshot(model.id, now), RouteRequest(affinity, exclude, self.epsilon))
         if name is None:
             raise ServiceUnavailable(
                 f"No replica can serve `{model.id}` right now. Retry shortly.",

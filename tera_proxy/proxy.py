@@ -147,7 +147,8 @@ class Proxy:
             # the tools into the prompt with "none"; the proxy extracts the calls itself.
             if body.get("tools"):
                 body["tool_choice"] = "none"
-        affinity = affinity_key(body)
+        # Prefix affinity only matters where there is a choice of replica.
+        affinity = affinity_key(body) if len(model.replicas) > 1 else None
         body["model"] = model.upstream_name
         upstream_body = orjson.dumps(body)
         reserve = facts.prompt_estimate + (facts.max_tokens or model.max_output_tokens) * facts.n
