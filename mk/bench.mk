@@ -47,13 +47,13 @@ bench: venv $(BENCH_STAMP) $(BENCH_MOCK)
 ## Every target once, briefly (2 rounds of 4 s, 200 open streams): proves each starts and
 ## produces numbers; the figures are too short to quote.
 bench-smoke: venv $(BENCH_STAMP) $(BENCH_MOCK)
-	$(BENCH_PY) -m bench.peers --targets $(BENCH_TARGETS) --rounds 2 --seconds 4 \
+	$(BENCH_PY) -m bench.peers --targets $(BENCH_TARGETS) --rounds 2 --seconds 4 --rate-seconds 4 \
 		--open-streams 200 --open-hold 4 --out $(BENCH_VAR)/smoke $(BENCH_ARGS)
 
 ## A short comparison that proves the harness: direct, nginx, bare Starlette, tera-proxy.
 bench-quick: venv bench-tools
 	$(BENCH_PY) -m bench.peers --targets direct,nginx,bare-hypercorn,tera-minimal,tera-all \
-		--rounds 3 --seconds 5 --open-streams 300 --open-hold 4 --out $(BENCH_OUT) $(BENCH_ARGS)
+		--rounds 3 --seconds 5 --rate-seconds 10 --open-streams 300 --open-hold 4 --out $(BENCH_OUT) $(BENCH_ARGS)
 
 ## The load generator alone against any endpoint: make bench-load URL=http://127.0.0.1:8080/v1 MODEL=m
 URL   ?= http://127.0.0.1:8080/v1
