@@ -323,11 +323,7 @@ class Proxy:
         """True once the stream ended properly ([DONE] or an error frame passed on)."""
         splitter = sse.FrameSplitter()
         pool, replica = self.pool, ex.replica
-        async for data in body:
-            # A replica that generates faster than we relay leaves data always buffered:
-            # neither its reads nor our writes would suspend, and the server task that
-            # notices a client leaving would never run. Yield once per upstream read.
-            await asyncio.sleep(0)
+        async for data in body:  # (each read lets the event loop run: see readany)
             if replica is not None:
                 pool.note_progress(replica)
             out: list[bytes] = []

@@ -194,7 +194,15 @@ class Response:
         return data
 
     async def readany(self) -> bytes:
-        """What has arrived of the body (waiting for some); b"" once it has ended."""
+        """What has arrived of the body (waiting for some); b"" once it has ended.
+
+        Data already buffered is returned after one pass of the event loop: a replica
+        that generates faster than the client reads would otherwise keep this read and
+        the write after it from ever suspending, and the server task that notices the
+        client leaving would never run.
+        """
+        if self.pieces:
+            await asyncio.sleep(0)
         while True:
             if self.pieces:
                 return self._take()
