@@ -184,3 +184,24 @@ def test_tera_features_reads_log_and_ledger(tmp_path: Path) -> None:
     t.scrapes = 4
     f = peers.tera_features(t)
     assert (f["log_lines"], f["ledger_rows"], f["metrics_scrapes"], f["api_key"]) == (2, 3, 4, True)
+
+
+def test_features_off_row_and_litellm_at_32_connections() -> None:
+    s = _summary(
+        tera_all={"cpu_us_per_req_max": 200.0},
+        litellm={"cpu_us_per_req": 6000.0, "cpu_us_per_req_max": 3000.0},
+    )
+    got = peers.evaluate_targets(s, {"rate": 100.0, "open_streams": 1000})
+    names = [c["check"] for c in got["checks"]]
+    # Without tera-minimal in the run there is no features-off row.
+    assert not any(n.startswith("tera-minimal") for n in names)
+    s["tera-minimal"] = dict(s["bare-hypercorn"])  # the same figures as the bare peer
+    got = peers.evaluate_targets(s, {"rate": 100.0, "open_streams": 1000})
+    by = {c["check"]: c for c in got["checks"]}
+    off = by["tera-minimal on hypercorn no worse than bare-hypercorn (features off; not a target)"]
+    assert off["status"] == "met"
+    on = by["tera-all on hypercorn no worse than bare-hypercorn"]
+    assert on["status"] == "missed" and "CPU/request @32 200 µs vs 150 µs (worse)" in on["value"]
+    ratio = next(c for c in got["checks"] if "LiteLLM" in c["check"])
+    assert got["best_tera_all"] == "tera-all"
+    assert ratio["value"].endswith("at 32 connections 15.0x (3000 µs vs 200 µs)"), ratio
