@@ -340,9 +340,14 @@ class _Origin:
             head = self.heads[(path, api_key)] = b"\r\n".join(lines) + b"\r\n"
         return head
 
-    async def connect(self) -> _Connection:
+    def drop_idle(self) -> None:
+        for conn in self.idle[:]:
+            conn.close()
+        self.idle.clear()
+
+    async def connect(self, *, fresh: bool = False) -> _Connection:
         loop = asyncio.get_running_loop()
-        while self.idle:
+        while self.idle and not fresh:
             conn = self.idle.pop()
             if conn.open and loop.time() - conn.idle_since < IDLE_TTL:
                 conn.reused = True
@@ -392,9 +397,7 @@ class Upstream:
     async def close(self) -> None:
         self._started = False
         for origin in self._origins.values():
-            for conn in list(origin.idle):
-                conn.close()
-            origin.idle.clear()
+            origin.drop_idle()
 
     def _origin(self, url: str) -> _Origin:
         origin = self._origins.get(url)
@@ -440,10 +443,10 @@ class Upstream:
         head = origin.head(path, replica.api_key) + (
             b"Content-Length: %d\r\nX-Request-Id: %s\r\n\r\n" % (len(body), request_id.encode())
         )
-        for _ in range(3):
+        for fresh in (False, True):
             await self._slot()
             try:
-                conn = await origin.connect()
+                conn = await origin.connect(fresh=fresh)
             except BaseException:
                 self._slot_free()
                 raise
@@ -456,11 +459,14 @@ class Upstream:
                 await response.wait_head()
                 return response
             except _Stale:
-                conn.close()  # the replica dropped it while idle; a fresh one is next
+                # The replica dropped it while idle (restarted, or its keep-alive ran out):
+                # the other idle ones are as old or older. A new connection is next.
+                conn.close()
+                origin.drop_idle()
             except BaseException:
                 conn.close()
                 raise
-        raise ConnectFailed(f"{replica.name}: kept-alive connections kept closing")
+        raise AssertionError("unreachable: a new connection is never stale")
 
 
 async def read_body(resp: Response, limit: int | None = None) -> bytes:

@@ -334,6 +334,32 @@ async def test_idle_connection_closed_by_server_is_replaced(serve, make_upstream
     assert [r.headers["x-request-id"] for r in server.conns[1].requests] == ["r-2"]
 
 
+async def test_replica_restart_drops_every_idle_connection(serve, make_upstream) -> None:
+    """Three kept-alive connections die together (the replica restarted): the next request
+    goes through on one new connection, and the other dead ones are not tried."""
+
+    async def handle(conn: Conn) -> None:
+        while await conn.request() is not None:
+            if conn.index < 3 and len(conn.requests) == 2:
+                return  # the restarted replica: the request dies with the connection
+            await conn.send(response(b'{"ok":true}'))
+
+    server = await serve(handle)
+    upstream = await make_upstream()
+    async with asyncio.timeout(GUARD):
+        held = [await post(upstream, server, rid=f"r-{i}") for i in range(3)]
+        for resp in held:
+            await resp.read()
+            resp.release()
+        assert len(server.conns) == 3
+        assert await fetch(upstream, server, rid="after") == b'{"ok":true}'
+    # One dead connection was tried, then a new one; the two other idle ones were dropped.
+    assert len(upstream._origins[server.url].idle) == 1
+    assert len(server.conns) == 4
+    assert sum(len(c.requests) for c in server.conns[:3]) == 4
+    assert [r.headers["x-request-id"] for r in server.conns[3].requests] == ["after"]
+
+
 async def test_reused_connection_closed_without_answer_is_retried(serve, make_upstream) -> None:
     """The server takes the request on the reused connection and closes it without a
     byte of answer: the client sends it again on a new connection."""
