@@ -221,11 +221,17 @@ class KeyStore:
             limits=limits,
             created_at=self._wall(),
         )
-        digest = key_digest(self._secret, secret)
+        digest = self._digest(secret)
         await self._backend.insert(record, digest)
         self._cache[digest[:INDEX_BYTES]] = (digest, record)
         log.info("key created", key_id=record.id, key_prefix=record.prefix, name=name)
         return NewKey(record, secret)
+
+    def _digest(self, secret: str) -> bytes:
+        """key_digest(server secret, secret), from the HMAC keyed once at start."""
+        h = self._hmac.copy()
+        h.update(secret.encode())
+        return h.digest()
 
     async def list(self) -> list[KeyRecord]:
         return await self._backend.records()
@@ -244,9 +250,7 @@ class KeyStore:
             return None
         if self._clock() >= self._due:
             await self._refresh_once()
-        h = self._hmac.copy()
-        h.update(secret.encode())
-        digest = h.digest()
+        digest = self._digest(secret)
         entry = self._cache.get(digest[:INDEX_BYTES])
         if entry is None or not hmac.compare_digest(entry[0], digest):
             return None

@@ -48,7 +48,6 @@ from tera_proxy.upstream import (
     Upstream,
     UpstreamError,
     chunks,
-    read_body,
 )
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
@@ -245,7 +244,7 @@ class Proxy:
 
     async def _upstream_error(self, resp: Response) -> None:
         try:
-            body = await read_body(resp, MAX_ERROR_BODY)
+            body = await resp.read(MAX_ERROR_BODY)
         except UpstreamError as exc:
             raise _Retryable(_unavailable(exc)) from exc
         error = from_upstream(resp.status, body)
@@ -255,7 +254,7 @@ class Proxy:
 
     async def _relay_body(self, ex: Exchange, out: Outgoing, resp: Response) -> None:
         try:
-            body = await read_body(resp)
+            body = await resp.read()
         except UpstreamError as exc:
             raise _Retryable(_unavailable(exc)) from exc
         if out.facts is not None:

@@ -31,9 +31,9 @@ from tera_proxy.config import UpstreamConfig
 from tera_proxy.pool import Replica
 
 MAX_ERROR_BODY = 64 * 1024
-# Reading from a replica pauses while this much of its body waits for a slow client.
+# Reading from a replica pauses while this much of its body waits for a slow client
+# (and resumes once the client has taken it).
 HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
 # An idle keep-alive connection older than this is closed instead of reused (vLLM's own
 # server drops idle connections after 5 s; a reused one that was dropped is retried).
 IDLE_TTL = 4.0
@@ -70,7 +70,6 @@ class Response:
         "_has_length",
         "_loop",
         "_name",
-        "_paused",
         "_timeout",
         "_unbounded",
         "_waiter",
@@ -92,7 +91,6 @@ class Response:
         self._waiter: asyncio.Future[None] | None = None
         self._error: UpstreamError | None = None
         self._buffered = 0
-        self._paused = False
         # read() collects the whole body anyway: no pausing while it does.
         self._unbounded = False
         self._chunked = False
@@ -127,8 +125,7 @@ class Response:
     def on_body(self, body: bytes) -> None:
         self.pieces.append(body)
         self._buffered += len(body)
-        if self._buffered > HIGH_WATER and not self._paused and not self._unbounded:
-            self._paused = True
+        if self._buffered > HIGH_WATER and not self._unbounded:
             self._conn.pause()
         self._wake()
 
@@ -188,9 +185,7 @@ class Response:
         data = pieces.popleft() if len(pieces) == 1 else b"".join(pieces)
         pieces.clear()
         self._buffered = 0
-        if self._paused:
-            self._paused = False
-            self._conn.resume()
+        self._conn.resume()
         return data
 
     async def readany(self) -> bytes:
@@ -215,9 +210,7 @@ class Response:
     async def read(self, limit: int | None = None) -> bytes:
         """The body to its end, or its first `limit` bytes."""
         self._unbounded = True
-        if self._paused:
-            self._paused = False
-            self._conn.resume()
+        self._conn.resume()
         while not self.eof and (limit is None or self._buffered < limit):
             if self._error is not None:
                 raise self._error
@@ -286,6 +279,7 @@ class _Connection(asyncio.Protocol):
         if self.response is not None:
             self.response._lost()
 
+    # Both idempotent: `reading` is the one record of whether the socket is paused.
     def pause(self) -> None:
         if self.transport is not None and self.reading:
             self.reading = False
@@ -467,11 +461,6 @@ class Upstream:
                 conn.close()
                 raise
         raise AssertionError("unreachable: a new connection is never stale")
-
-
-async def read_body(resp: Response, limit: int | None = None) -> bytes:
-    """The whole body; an error body is cut at `limit` bytes."""
-    return await resp.read(limit)
 
 
 async def chunks(resp: Response) -> AsyncGenerator[bytes, None]:

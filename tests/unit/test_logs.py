@@ -16,13 +16,10 @@ from tera_proxy import logs
 STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
 
-class _Stderr(io.TextIOWrapper):
-    """A text stderr over a bytes buffer, as a process's real stderr is."""
-
-
 def _configured(monkeypatch: pytest.MonkeyPatch) -> io.BytesIO:
     raw = io.BytesIO()
-    monkeypatch.setattr(sys, "stderr", _Stderr(raw, encoding="utf-8"))
+    # A text stderr over a bytes buffer, as a process's real stderr is.
+    monkeypatch.setattr(sys, "stderr", io.TextIOWrapper(raw, encoding="utf-8"))
     logs.configure("info", json=True)
     return raw
 

@@ -21,7 +21,6 @@ from tera_proxy.upstream import (
     Upstream,
     UpstreamTimeout,
     chunks,
-    read_body,
 )
 
 GUARD = 5.0  # no test may run longer than this, whatever the client does
@@ -234,7 +233,7 @@ async def test_content_length_body_and_head(serve, make_upstream) -> None:
         try:
             assert resp.status == 418
             assert resp.headers["x-replica-id"] == "Abc"
-            assert await read_body(resp, 3) == b"sho"
+            assert await resp.read(3) == b"sho"
         finally:
             resp.close()
 
@@ -638,7 +637,7 @@ async def test_read_whole_body_larger_than_high_water(serve, make_upstream) -> N
     async with asyncio.timeout(GUARD):
         resp = await post(upstream, server)
         try:
-            assert len(await read_body(resp)) == len(body)
+            assert len(await resp.read()) == len(body)
         finally:
             resp.close()
 
